@@ -1,0 +1,209 @@
+"""Command line: ``dcgmm train | eval | data fetch | info``. A thin shell over the library.
+
+Mistakes a user can fix (bad spec, missing data, wrong shapes, corrupt checkpoint) print one clear line and
+exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .checkpoint import CHECKPOINT_FILE, atomic_write_text, load_model
+from .data import DATASETS, fetch, load_dataset, load_npy, parse_classes
+from .errors import DCGMMError, InputError
+from .model import DCGMM, ModelConfig
+from .spec import PRESETS
+from .training import TrainConfig, Trainer
+
+
+def _device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA GPU is visible to PyTorch here; use --device cpu")
+    return torch.device(name)
+
+
+def _load_images(args, split: str):
+    """Images (and labels, if known) from --data or --dataset/--split/--classes."""
+    if args.data is not None:
+        if args.classes:
+            raise InputError("--classes selects classes of a named dataset; it cannot be used with --data")
+        return load_npy(args.data), None
+    return load_dataset(args.dataset, split, parse_classes(args.classes), data_dir=args.data_dir)
+
+
+def _layer_report(model: DCGMM, images: np.ndarray, batch_size: int = 500) -> dict:
+    layers = model.log_likelihoods(images, batch_size=batch_size)
+    return {
+        f"layer_{ll.layer}": {
+            "spec": ll.spec,
+            "positions": list(ll.per_position.shape[1:]),
+            "mean_loglik_per_image": float(ll.per_image.mean()),
+            "std_loglik_per_image": float(ll.per_image.std()),
+            "mean_loglik_per_position": float(ll.per_position.mean()),
+        }
+        for ll in layers
+    }
+
+
+def _print_report(report: dict) -> None:
+    for key, row in report["layers"].items():
+        print(
+            f"  {key:<8} {row['spec']:<8} positions {row['positions'][0]}x{row['positions'][1]}: "
+            f"mean log-likelihood per image {row['mean_loglik_per_image']:10.2f}  "
+            f"(per position {row['mean_loglik_per_position']:.3f})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def cmd_train(args) -> int:
+    from .plots import plot_centroids, plot_history
+
+    out = Path(args.out)
+    device = _device(args.device)
+    images, labels = _load_images(args, "train")
+    if args.resume:
+        if not (out / CHECKPOINT_FILE).is_file():
+            raise InputError(f"--resume: {out / CHECKPOINT_FILE} does not exist; start without --resume")
+        trainer = Trainer.resume(out, images, labels, device=device, epochs=args.epochs)
+        print(f"resuming {out} at epoch {trainer.epoch}/{trainer.config.epochs}")
+    else:
+        if (out / CHECKPOINT_FILE).exists() and not args.overwrite:
+            raise InputError(f"{out} already holds a run: pass --resume to continue it, --overwrite to replace it, or another --out")
+        model = DCGMM(ModelConfig(args.arch, tuple(images.shape[1:]), variance_floor=args.variance_floor))
+        overrides = {k: getattr(args, k) for k in ("lr", "wait") if getattr(args, k) is not None}
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, **overrides)
+        trainer = Trainer(model, config, images, labels, device=device)
+    model = trainer.model
+    print(f"dcgmm {__version__}: training {model.spec} on {len(images)} images {tuple(images.shape[1:])}, device {device}")
+    for line in model.layer_summary():
+        print("  " + line)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    trainer.fit(progress=not args.quiet, on_epoch_end=lambda t: t.save_checkpoint(out))
+    seconds = time.perf_counter() - start
+    history = [asdict(r) for r in trainer.history]
+    atomic_write_text(out / "history.json", json.dumps(history, indent=1))
+    plot_history(json.loads(json.dumps(history)), out / "training.png")
+    for index, _ in model.gmm_layers():
+        plot_centroids(model, index, out / f"centroids_layer{index}.png")
+    print(f"trained in {seconds:.1f} s; model and checkpoint in {out}")
+
+    if args.data is None:
+        test_images, _ = load_dataset(args.dataset, "test", parse_classes(args.classes), data_dir=args.data_dir)
+        report = {"dataset": args.dataset, "split": "test", "classes": args.classes, "n_images": len(test_images),
+                  "layers": _layer_report(model, test_images)}
+        atomic_write_text(out / "eval.json", json.dumps(report, indent=1))
+        print(f"test-set log-likelihoods ({len(test_images)} images), written to {out / 'eval.json'}:")
+        _print_report(report)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    model = load_model(args.model, device=_device(args.device))
+    images, _ = _load_images(args, args.split)
+    report = {
+        "model": str(args.model),
+        "spec": model.spec,
+        "data": str(args.data) if args.data else args.dataset,
+        "split": None if args.data else args.split,
+        "classes": args.classes,
+        "n_images": len(images),
+        "layers": _layer_report(model, images, args.batch_size),
+    }
+    source = Path(args.data).name if args.data else f"{args.dataset}-{args.split}"
+    out = Path(args.out) if args.out else (Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent) / f"eval-{source}.json"
+    atomic_write_text(out, json.dumps(report, indent=1))
+    print(f"{model.spec} on {report['data']} ({len(images)} images):")
+    _print_report(report)
+    print(f"written to {out}")
+    return 0
+
+
+def cmd_data_fetch(args) -> int:
+    folder = fetch(args.name, data_dir=args.data_dir, verbose=True)
+    for split in ("train", "test"):
+        print(f"  {split}: {len(np.load(folder / f'{split}-labels.npy'))} images, checksums verified")
+    return 0
+
+
+def cmd_info(args) -> int:
+    model = load_model(args.model)
+    print(f"{model.spec}  input {model.input_shape}  variance floor {model.config.variance_floor}")
+    for line in model.layer_summary():
+        print("  " + line)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def _add_data_options(p, default_dataset: str | None = "mnist") -> None:
+    p.add_argument("--dataset", default=default_dataset, choices=sorted(DATASETS) + ["fashion"], help="named dataset (default: %(default)s)")
+    p.add_argument("--data", metavar="PATH.npy", help="images in a .npy file, (N,H,W) or (N,H,W,C); uint8 is scaled to [0,1], float taken as is")
+    p.add_argument("--classes", help="class subset of a named dataset, e.g. 0-4 or 0,3,7")
+    p.add_argument("--data-dir", help="folder holding the four standard IDX files (tried before any download)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dcgmm", description="Deep Convolutional Gaussian Mixture Models")
+    parser.add_argument("--version", action="version", version=f"dcgmm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model and write a run folder", description="Train a DCGMM end to end by SGD; writes model, checkpoint, curves, centroid pictures and test log-likelihoods into --out.")
+    p.add_argument("--arch", default="2L-c", help=f"preset ({', '.join(PRESETS)}) or spec string like 'F(8,8,2,2) G(25) F(11,11,1,1) G(36)' (default: %(default)s)")
+    _add_data_options(p)
+    p.add_argument("--epochs", type=int, default=25, help="default: %(default)s")
+    p.add_argument("--batch-size", type=int, default=100, help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--lr", type=float, help=f"base learning rate (default: {TrainConfig.lr})")
+    p.add_argument("--wait", type=float, help="fraction of training each higher GMM layer waits before adapting (default: 0)")
+    p.add_argument("--variance-floor", type=float, default=0.05, help="smallest component variance (default: %(default)s)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="log-likelihood of every GMM layer on a dataset", description="Print and write as JSON each GMM layer's mean log-likelihood per image.")
+    p.add_argument("--model", required=True, help="run folder (or model file)")
+    _add_data_options(p)
+    p.add_argument("--split", default="test", choices=["train", "test"], help="default: %(default)s")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--out", help="JSON file (default: eval-<data>.json in the run folder)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("data", help="dataset utilities")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser("fetch", help="download (or find), verify and cache a dataset")
+    q.add_argument("name", choices=sorted(DATASETS) + ["fashion"])
+    q.add_argument("--data-dir", help="folder holding the four standard IDX files")
+    q.set_defaults(func=cmd_data_fetch)
+
+    p = sub.add_parser("info", help="print the layers of a saved model")
+    p.add_argument("--model", required=True)
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DCGMMError as exc:
+        print(f"dcgmm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dcgmm: interrupted; the last complete checkpoint is intact (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""GMM layer G(K) (paper Sec. III-A3, Eqs. 4-5; SGD training after Gepperth & Pfülb, ref. [7]).
+
+A diagonal-covariance Gaussian mixture whose parameters are shared by all positions of its input
+(convolutional). Everything is computed in log space, and the Gaussian terms with matrix products::
+
+    sum_d tau_kd (x_d - mu_kd)^2 = x^2 . tau_k - 2 x . (tau_k mu_k) + sum_d tau_kd mu_kd^2
+
+so no ``(N, H, W, K, D)`` tensor is ever built.
+
+Parameterisation (always valid, never clipped after a step):
+
+* weights ``pi = softmax(weight_logits)``;
+* precisions ``tau = 1 / sigma^2`` through ``log tau = log tau_max - softplus(precision_raw)``, so
+  ``0 < tau < tau_max = 1 / variance_floor`` whatever value SGD gives ``precision_raw``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import SpecError
+from .base import Layer, Shape
+
+
+def _inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+def grid_shape(n_components: int) -> tuple[int, int]:
+    """Rows and columns of the toroidal grid the K components sit on: the most square factorisation of K."""
+    rows = max(r for r in range(1, int(math.isqrt(n_components)) + 1) if n_components % r == 0)
+    return rows, n_components // rows
+
+
+@functools.lru_cache(maxsize=64)
+def neighbourhood(n_components: int, sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Smoothing kernel ``g`` of the annealed max-component loss, shape (K, K), rows summing to 1.
+
+    ``g[k, j] ∝ exp(-d(k, j)^2 / (2 sigma^2))`` with ``d`` the distance of components ``k`` and ``j`` on a
+    toroidal grid (:func:`grid_shape`). For small sigma, ``g`` is the identity.
+    """
+    rows, cols = grid_shape(n_components)
+    index = torch.arange(n_components, device=device)
+    r, c = index // cols, index % cols
+    dr = (r[:, None] - r[None, :]).abs()
+    dc = (c[:, None] - c[None, :]).abs()
+    dr = torch.minimum(dr, rows - dr).to(dtype)
+    dc = torch.minimum(dc, cols - dc).to(dtype)
+    logits = -(dr**2 + dc**2) / (2.0 * sigma**2)
+    return torch.softmax(logits, dim=1)
+
+
+class GMM(Layer):
+    """K diagonal Gaussians shared over all positions; output: responsibilities ``(N, H, W, K)``.
+
+    Parameters
+    ----------
+    in_shape : (H, W, D) of the input.
+    n_components : K.
+    variance_floor : smallest variance a component can reach (default 0.05, i.e. sigma >= 0.224; the
+        authors' ``sigmaUpperBound`` 20 on the precision).
+    mu_init : centroids start uniform in ``[-mu_init, mu_init]`` (paper: 0.01).
+    """
+
+    letter = "G"
+    has_loss = True
+
+    def __init__(self, in_shape: Shape, n_components: int, variance_floor: float = 0.05, mu_init: float = 0.01):
+        self.n_components = int(n_components)
+        if self.n_components < 1:
+            raise SpecError(f"G({n_components}): a GMM layer needs at least one component")
+        if not variance_floor > 0:
+            raise SpecError(f"variance_floor must be positive; got {variance_floor}")
+        super().__init__(in_shape)
+        self.variance_floor = float(variance_floor)
+        self.mu_init = float(mu_init)
+        k, d = self.n_components, self.in_shape[2]
+        self.weight_logits = nn.Parameter(torch.zeros(k))
+        self.centroids = nn.Parameter(torch.empty(k, d))
+        self.precision_raw = nn.Parameter(torch.empty(k, d))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Paper init: pi = 1/K, mu ~ U[-mu_init, mu_init], unit variances."""
+        with torch.no_grad():
+            self.weight_logits.zero_()
+            self.centroids.copy_((torch.rand(self.centroids.shape, generator=generator) * 2 - 1) * self.mu_init)
+            self.precision_raw.fill_(_inverse_softplus(self.log_precision_max))
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        return (in_shape[0], in_shape[1], self.n_components)
+
+    def spec(self) -> str:
+        return f"G({self.n_components})"
+
+    # ------------------------------------------------------------------------------------------ parameters
+    @property
+    def log_precision_max(self) -> float:
+        return -math.log(self.variance_floor)
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """log pi, shape (K,)."""
+        return F.log_softmax(self.weight_logits, dim=0)
+
+    @property
+    def log_precisions(self) -> torch.Tensor:
+        """log tau = -log sigma^2, shape (K, D); always below log(1 / variance_floor)."""
+        return self.log_precision_max - F.softplus(self.precision_raw)
+
+    @property
+    def variances(self) -> torch.Tensor:
+        """sigma^2, shape (K, D); always above ``variance_floor``."""
+        return torch.exp(-self.log_precisions)
+
+    def set_parameters(self, weights: torch.Tensor, centroids: torch.Tensor, variances: torch.Tensor) -> None:
+        """Set pi (K,), mu (K, D) and sigma^2 (K, D); variances are raised to just above the floor if needed."""
+        with torch.no_grad():
+            self.weight_logits.copy_(torch.log(weights.clamp(min=1e-30)))
+            self.centroids.copy_(centroids)
+            log_tau = -torch.log(variances.clamp(min=self.variance_floor * (1 + 1e-6)))
+            gap = (self.log_precision_max - log_tau).clamp(min=1e-6)
+            self.precision_raw.copy_(gap + torch.log(-torch.expm1(-gap)))  # inverse softplus
+
+    # ------------------------------------------------------------------------------------------ estimation
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, H, W, D)`` -> ``[x^2, x]`` per position, shape (N*H*W, 2D)."""
+        self.check_input(x)
+        flat = x.reshape(-1, self.in_shape[2])
+        return torch.cat([flat * flat, flat], dim=1)
+
+    def _coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log(pi_k N_k(x)) = [x^2, x] . coef_k + const_k``: returns coef (K, 2D) and const (K,)."""
+        log_tau = self.log_precisions  # [K, D]
+        tau = torch.exp(log_tau)
+        mu = self.centroids
+        d = mu.shape[1]
+        const = self.log_weights + 0.5 * (log_tau.sum(1) - d * math.log(2 * math.pi) - (tau * mu * mu).sum(1))
+        return torch.cat([-0.5 * tau, tau * mu], dim=1), const
+
+    def log_joint(self, x: torch.Tensor) -> torch.Tensor:
+        """log(pi_k N_k(x)) at every position: ``(N, H, W, D)`` -> ``(N, H, W, K)``."""
+        coef, const = self._coefficients()
+        return torch.addmm(const, self._features(x), coef.t()).reshape(*x.shape[:3], self.n_components)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Responsibilities softmax_k(log pi_k + log N_k(x)) (Eq. 4): ``(N, H, W, D)`` -> ``(N, H, W, K)``."""
+        return torch.softmax(self.log_joint(x), dim=-1)
+
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact log p(x) = logsumexp_k log(pi_k N_k(x)) per position: ``(N, H, W, D)`` -> ``(N, H, W)``."""
+        return torch.logsumexp(self.log_joint(x), dim=-1)
+
+    def loss(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+        """Negative training objective of input ``x`` ``(N, H, W, D)``; see :meth:`loss_from_log_joint`."""
+        return self.loss_from_log_joint(self.log_joint(x), sigma)
+
+    def loss_from_log_joint(self, log_joint: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+        """Negative training objective from ``log_joint`` ``(N, H, W, K)``, averaged over positions and batch (Eq. 5).
+
+        With ``sigma`` (the annealing radius), the max-component approximation with annealed smoothing of
+        ref. [7]: ``-max_k sum_j g_kj log(pi_j N_j(x))``. With ``sigma=None``, the exact negative
+        log-likelihood ``-logsumexp_k log(pi_k N_k(x))``.
+        """
+        if sigma is None:
+            return -torch.logsumexp(log_joint, dim=-1).mean()
+        g = neighbourhood(self.n_components, sigma, device=log_joint.device, dtype=log_joint.dtype)
+        # once sigma is small, g is the identity in floating point: skip the product
+        smoothed = log_joint if bool((g.diagonal() == 1).all()) else log_joint @ g.t()  # [N, H, W, K]
+        best = smoothed.detach().argmax(dim=-1, keepdim=True)
+        return -smoothed.gather(-1, best).mean()
+
+    def training_loss(self, x: torch.Tensor, sigma: float | None) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """Fast equivalent of :meth:`loss` for SGD: same value, same parameter gradients, no input gradient.
+
+        Once the winning component of every position is fixed, the objective is linear in ``(coef, const)`` of
+        :meth:`_coefficients`; its gradient only needs the (smoothed) per-component sums of the features
+        ``[x^2, x]`` — a scatter-add — instead of a backward matrix product over all positions.
+
+        Returns
+        -------
+        loss : scalar tensor whose gradient is that of :meth:`loss` (``x`` is treated as constant).
+        objective : float, the objective value (higher is better) = ``-loss(x, sigma)``.
+        log_joint : tensor, shape (N, H, W, K), detached.
+        """
+        with torch.no_grad():
+            features = self._features(x)  # [P, 2D]
+        coef, const = self._coefficients()
+        with torch.no_grad():
+            log_joint = torch.addmm(const, features, coef.t())  # [P, K]
+            if sigma is None:
+                weights = torch.softmax(log_joint, dim=1)  # gradient of logsumexp: the responsibilities
+                stats, mass = weights.t() @ features, weights.sum(0)
+                objective = torch.logsumexp(log_joint, dim=1).mean()
+            else:
+                g = neighbourhood(self.n_components, sigma, device=x.device, dtype=x.dtype)
+                identity = bool((g.diagonal() == 1).all())
+                smoothed = log_joint if identity else log_joint @ g.t()
+                best = smoothed.argmax(dim=1)  # [P]
+                objective = smoothed.gather(1, best[:, None]).mean()
+                stats = torch.zeros_like(coef).index_add_(0, best, features)  # [K, 2D]
+                mass = torch.bincount(best, minlength=self.n_components).to(x.dtype)
+                if not identity:
+                    stats, mass = g.t() @ stats, g.t() @ mass
+        loss = -((stats * coef).sum() + (mass * const).sum()) / len(features)
+        return loss, float(objective), log_joint.reshape(*x.shape[:3], self.n_components)
+
+    # ------------------------------------------------------------------------------------------ sampling
+    def sample(
+        self,
+        control: torch.Tensor,
+        top_s: int | None = None,
+        noise: float = 0.0,
+        generator: torch.Generator | None = None,
+        **options,
+    ) -> torch.Tensor:
+        """Draw a component per position and emit its centroid (plus ``noise`` x sigma x N(0, 1)).
+
+        Parameters
+        ----------
+        control : tensor, shape (N, H, W, K) — non-negative selection weights (pi at the top of a stack,
+            the signal from the layer above otherwise).
+        top_s : restrict the choice at each position to the ``top_s`` largest control values.
+
+        Returns
+        -------
+        tensor, shape (N, H, W, D).
+        """
+        weights = control.reshape(-1, self.n_components).clamp(min=0)
+        if top_s is not None and top_s < self.n_components:
+            kept = torch.zeros_like(weights, dtype=torch.bool).scatter_(1, weights.topk(top_s, dim=1).indices, True)
+            weights = weights * kept
+        empty = weights.sum(1, keepdim=True) <= 0
+        weights = torch.where(empty, torch.ones_like(weights), weights)
+        choice = torch.multinomial(weights, 1, generator=generator)[:, 0]  # [N*H*W]
+        out = self.centroids[choice]
+        if noise:
+            eps = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
+            out = out + noise * torch.exp(-0.5 * self.log_precisions[choice]) * eps
+        return out.reshape(*control.shape[:3], self.in_shape[2])

@@ -1,0 +1,52 @@
+"""Pooling layer P(ky, kx, sy, sx) (paper Sec. III-A2)."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from ..errors import SpecError
+from .base import Layer, Shape, scatter_mean
+
+
+class Pooling(Layer):
+    """Max pooling over ``ky x kx`` windows with strides ``sy, sx`` (default: the kernel size), no padding.
+
+    Sampling is nearest-neighbour up-sampling: every output value is copied to the pixels of its
+    window, averaged where windows overlap.
+    """
+
+    letter = "P"
+
+    def __init__(self, in_shape: Shape, ky: int, kx: int, sy: int | None = None, sx: int | None = None):
+        self.kernel = (int(ky), int(kx))
+        self.stride = (int(sy if sy is not None else ky), int(sx if sx is not None else kx))
+        if min(self.kernel) < 1 or min(self.stride) < 1:
+            raise SpecError(f"{self.spec()}: kernel sizes and strides must be positive integers")
+        super().__init__(in_shape)
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        h, w, c = in_shape
+        (ky, kx), (sy, sx) = self.kernel, self.stride
+        if ky > h or kx > w:
+            raise SpecError(
+                f"{self.spec()}: the {ky}x{kx} pooling window is larger than its {h}x{w} input; "
+                f"use a window of at most {h}x{w}"
+            )
+        return (1 + (h - ky) // sy, 1 + (w - kx) // sx, c)
+
+    def spec(self) -> str:
+        (ky, kx), (sy, sx) = self.kernel, self.stride
+        return f"P({ky},{kx})" if (sy, sx) == (ky, kx) else f"P({ky},{kx},{sy},{sx})"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, H, W, C)`` -> ``(N, H', W', C)``."""
+        self.check_input(x)
+        pooled = F.max_pool2d(x.permute(0, 3, 1, 2), self.kernel, self.stride)  # [N, C, H', W']
+        return pooled.permute(0, 2, 3, 1)
+
+    def sample(self, control: torch.Tensor, **options) -> torch.Tensor:
+        """``(N, H', W', C)`` -> ``(N, H, W, C)`` by nearest-neighbour up-sampling."""
+        n, hp, wp, c = control.shape
+        patches = control[:, :, :, None, None, :].expand(n, hp, wp, *self.kernel, c)
+        return scatter_mean(patches, self.in_shape[:2], self.kernel, self.stride)

@@ -1,0 +1,89 @@
+"""Pictures: GMM centroids (paper Fig. 2) and training curves. Written as PNG files with matplotlib (Agg)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .checkpoint import atomic_write_bytes  # noqa: E402
+from .errors import InputError  # noqa: E402
+from .layers import GMM, Folding  # noqa: E402
+from .layers.gmm import grid_shape  # noqa: E402
+from .model import DCGMM  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def centroid_images(model: DCGMM, index: int) -> np.ndarray:
+    """The centroids of GMM layer ``index`` as pictures, shape (K, rows, cols, channels) for colour or
+    (K, rows, cols, 1) for grey.
+
+    If the layer's input comes from a Folding of the images, each centroid is an image patch. Otherwise each
+    centroid is a pattern of responsibilities of the GMM layer below, one small tile (the lower layer's K
+    on its component grid) per position of the fold window.
+    """
+    layer = model.layers[index]
+    if not isinstance(layer, GMM):
+        raise InputError(f"layer {index} is {layer.spec()}, not a GMM layer; pick the index of a G(K) layer")
+    mu = layer.centroids.detach().cpu().numpy()  # [K, D]
+    below = model.layers[index - 1] if index > 0 else None
+    if index == 0:
+        h, w, c = layer.in_shape
+        return mu.reshape(-1, h, w, c) if h * w > 1 else mu.reshape(-1, 1, 1, c)
+    if isinstance(below, Folding) and index == 1:
+        fy, fx = below.kernel
+        return mu.reshape(-1, fy, fx, below.in_shape[2])
+    fy, fx = below.kernel if isinstance(below, Folding) else (1, 1)
+    channels = layer.in_shape[2] // (fy * fx)
+    rows, cols = grid_shape(channels)
+    tiles = mu.reshape(-1, fy, fx, rows, cols)  # [K, fy, fx, r, c]
+    pad = np.full((len(mu), fy, fx, rows + 1, cols + 1), np.nan)
+    pad[:, :, :, :rows, :cols] = tiles
+    return pad.transpose(0, 1, 3, 2, 4).reshape(len(mu), fy * (rows + 1), fx * (cols + 1), 1)
+
+
+def plot_centroids(model: DCGMM, index: int, path: str | Path) -> Path:
+    """Write a grid of the centroids of GMM layer ``index`` to ``path`` (PNG)."""
+    images = centroid_images(model, index)
+    k = len(images)
+    rows, cols = grid_shape(k)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.1 + 0.4), squeeze=False)
+    for ax, image in zip(axes.flat, images):
+        if image.shape[-1] == 3:
+            ax.imshow(np.clip(image, 0, 1))
+        else:
+            ax.imshow(image[..., 0], cmap="gray", interpolation="nearest")
+        ax.set_axis_off()
+    layer = model.layers[index]
+    fig.suptitle(f"layer {index} {layer.spec()} centroids (input {layer.in_shape[0]}x{layer.in_shape[1]}x{layer.in_shape[2]})", fontsize=9)
+    return _save(fig, Path(path))
+
+
+def plot_history(history: list, path: str | Path) -> Path:
+    """Training curves: every GMM layer's objective per epoch, and its annealing radius."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    epochs = [r["epoch"] for r in history]
+    layers = list(history[0]["sigma"]) if history else []
+    for key in layers:
+        obj = [r["objective"][key] for r in history]
+        ax1.plot(epochs, [np.nan if v is None else v for v in obj], marker=".", label=f"layer {key}")
+        ax2.semilogy(epochs, [r["sigma"][key] for r in history], marker=".", label=f"layer {key}")
+    ax1.set(xlabel="epoch", ylabel="objective (max-component log-lik.)", title="training objective")
+    ax2.set(xlabel="epoch", ylabel="annealing radius sigma", title="annealing")
+    for ax in (ax1, ax2):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, Path(path))
