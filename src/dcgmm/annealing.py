@@ -45,7 +45,9 @@ class Annealing:
         reduce = False
         if self.first is None:
             self.first = average
-        elif self.last is not None and self.last != self.first:
+        elif self.last == self.first:  # no progress measured yet: a window that did not improve is a plateau
+            reduce = average <= self.last
+        else:
             relative = (average - self.last) / abs(self.last - self.first)
             reduce = -2 * self.delta < relative < self.delta
         self.last = average

@@ -1,0 +1,139 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dcgmm import DCGMM, CheckpointError, TrainConfig, Trainer, load_model
+from dcgmm.annealing import Annealing
+from dcgmm.checkpoint import CHECKPOINT_FILE, MODEL_FILE
+from dcgmm.em import fit_em
+
+SMALL = "F(4,4,2,2) G(9) F(3,3,1,1) G(4)"  # a 2-layer convolutional DCGMM for 8x8 digits
+
+
+def test_annealing_reduces_on_plateau_only():
+    steady = Annealing(sigma=2.0, window=10)
+    for step in range(200):
+        steady.update(float(step))  # keeps improving at a constant pace relative to the start: no plateau
+    improving_reductions = steady.reductions
+    plateau = Annealing(sigma=2.0, window=10)
+    for step in range(200):
+        plateau.update(1.0 - 0.5 ** (step / 10))  # converges: relative improvement falls below delta
+    assert plateau.reductions > improving_reductions
+    assert plateau.sigma == pytest.approx(2.0 * 0.9**plateau.reductions)
+    floor = Annealing(sigma=0.011, sigma_min=0.01, window=1)
+    for _ in range(10):
+        floor.update(1.0)
+    assert floor.sigma == 0.01 and floor.done
+
+
+def test_sgd_raises_the_likelihood_and_approaches_em(digits):
+    images, _ = digits
+    model = DCGMM.from_spec("F(8,8,1,1) G(10)", input_shape=(8, 8, 1))
+    before = model.log_likelihoods(images)[0].per_image.mean()
+    # 36 steps per epoch: the annealing window is scaled down from MNIST's 100 steps accordingly
+    Trainer(model, TrainConfig(epochs=30, batch_size=50, window=20), images).fit(progress=False)
+    after = model.log_likelihoods(images)[0].per_image.mean()
+    em = fit_em(torch.from_numpy(images.reshape(len(images), -1)), 10, 0.05)
+    assert after > before + 50
+    assert after > 0.75 * em.history[-1], (after, em.history[-1])
+
+
+def test_em_log_likelihood_never_decreases(digits):
+    images, _ = digits
+    em = fit_em(torch.from_numpy(images.reshape(len(images), -1)), 8, 0.05, max_iter=30)
+    assert np.all(np.diff(em.history) > -1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_deep_model_trains_without_nan(digits, seed):
+    images, _ = digits
+    model = DCGMM.from_spec(SMALL, input_shape=(8, 8, 1))
+    history = Trainer(model, TrainConfig(epochs=4, batch_size=50, seed=seed), images).fit(progress=False)
+    assert all(np.isfinite(list(r.objective.values())).all() for r in history)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert history[-1].objective[3] > history[0].objective[3]
+
+
+def test_classifier_trains_alongside(digits):
+    images, labels = digits
+    model = DCGMM.from_spec("F(4,4,2,2) G(16) F(3,3,1,1) G(25) C(10)", input_shape=(8, 8, 1))
+    history = Trainer(model, TrainConfig(epochs=15, batch_size=50, window=10), images, labels).fit(progress=False)
+    assert history[-1].classifier_loss < history[0].classifier_loss - 0.1
+    accuracy = (model.predict(images) == labels).mean()
+    assert accuracy > 0.2, accuracy  # chance is 0.1
+
+
+def test_classifier_needs_labels(digits):
+    images, _ = digits
+    with pytest.raises(Exception, match="needs labels"):
+        Trainer(DCGMM.from_spec(SMALL + " C(10)", input_shape=(8, 8, 1)), TrainConfig(), images)
+
+
+def test_resume_is_exact(digits, tmp_path):
+    images, _ = digits
+    config = TrainConfig(epochs=4, batch_size=50, window=5, seed=3)
+    straight = Trainer(DCGMM.from_spec(SMALL, input_shape=(8, 8, 1)), config, images)
+    straight.fit(progress=False)
+
+    def checkpoint_then_die_after_two(trainer):
+        trainer.save_checkpoint(tmp_path)
+        if trainer.epoch == 2:
+            raise KeyboardInterrupt
+
+    killed = Trainer(DCGMM.from_spec(SMALL, input_shape=(8, 8, 1)), config, images)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(progress=False, on_epoch_end=checkpoint_then_die_after_two)
+    resumed = Trainer.resume(tmp_path, images)
+    assert resumed.epoch == 2
+    resumed.fit(progress=False)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [s.annealing.sigma for s in straight.states.values()] == [s.annealing.sigma for s in resumed.states.values()]
+
+
+def test_model_file_reloads(digits, tmp_path):
+    images, _ = digits
+    trainer = Trainer(DCGMM.from_spec(SMALL, input_shape=(8, 8, 1)), TrainConfig(epochs=1, batch_size=50), images)
+    trainer.fit(progress=False)
+    trainer.save_checkpoint(tmp_path)
+    loaded = load_model(tmp_path)
+    np.testing.assert_array_equal(loaded.log_likelihoods(images)[-1].per_position, trainer.model.log_likelihoods(images)[-1].per_position)
+
+
+def test_killed_write_leaves_previous_checkpoint_intact(digits, tmp_path, monkeypatch):
+    images, _ = digits
+    trainer = Trainer(DCGMM.from_spec(SMALL, input_shape=(8, 8, 1)), TrainConfig(epochs=2, batch_size=50), images)
+    trainer.fit(progress=False)
+    trainer.save_checkpoint(tmp_path)
+    before = (tmp_path / CHECKPOINT_FILE).read_bytes()
+
+    def killed(*args):
+        raise KeyboardInterrupt  # the process dies between writing the temporary file and renaming it
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE, MODEL_FILE]  # no temporary left
+    Trainer.resume(tmp_path, images)
+
+
+def test_missing_and_corrupt_checkpoints_are_reported(tmp_path):
+    with pytest.raises(CheckpointError, match="holds no model.safetensors"):
+        load_model(tmp_path)
+    model = DCGMM.from_spec("1L")
+    from dcgmm import save_model
+
+    file = save_model(model, tmp_path)
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_model(tmp_path)
+    file.write_bytes(b"garbage that is not a safetensors file at all")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_model(file)
+    with pytest.raises(CheckpointError, match="not a training checkpoint|does not exist"):
+        Trainer.resume(tmp_path, np.zeros((200, 28, 28, 1), np.float32))
