@@ -1,0 +1,25 @@
+# Set-up, main job and tests. `make demo` and `make test` each create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test bench
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch 2.13.0 (CPU) only when the venv has no torch yet; the package itself asks for torch>=2.1,<3
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/dcgmm train --arch 2L-c --dataset mnist --epochs 25 --out runs/demo --overwrite
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/sgd_vs_em.py
+	$(BIN)/python benchmarks/speed.py
