@@ -128,25 +128,29 @@ class GMM(Layer):
             self.precision_raw.copy_(gap + torch.log(-torch.expm1(-gap)))  # inverse softplus
 
     # ------------------------------------------------------------------------------------------ estimation
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, H, W, D)`` -> ``[x^2, x]`` per position, shape (N*H*W, 2D)."""
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, H, W, D)`` -> ``(N*H*W, D)``, one row per position."""
         self.check_input(x)
-        flat = x.reshape(-1, self.in_shape[2])
-        return torch.cat([flat * flat, flat], dim=1)
+        return x.reshape(-1, self.in_shape[2])
 
-    def _coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``log(pi_k N_k(x)) = [x^2, x] . coef_k + const_k``: returns coef (K, 2D) and const (K,)."""
+    def _coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``log(pi_k N_k(x)) = x^2 . a_k + x . b_k + c_k``: returns a, b (K, D) and c (K,)."""
         log_tau = self.log_precisions  # [K, D]
         tau = torch.exp(log_tau)
         mu = self.centroids
+        b = tau * mu
         d = mu.shape[1]
-        const = self.log_weights + 0.5 * (log_tau.sum(1) - d * math.log(2 * math.pi) - (tau * mu * mu).sum(1))
-        return torch.cat([-0.5 * tau, tau * mu], dim=1), const
+        c = self.log_weights + 0.5 * (log_tau.sum(1) - d * math.log(2 * math.pi) - (b * mu).sum(1))
+        return -0.5 * tau, b, c
+
+    @staticmethod
+    def _log_joint_flat(flat: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``(P, D)`` -> ``(P, K)``: two matrix products, no ``(P, K, D)`` tensor."""
+        return torch.addmm(c, flat * flat, a.t()).addmm_(flat, b.t())
 
     def log_joint(self, x: torch.Tensor) -> torch.Tensor:
         """log(pi_k N_k(x)) at every position: ``(N, H, W, D)`` -> ``(N, H, W, K)``."""
-        coef, const = self._coefficients()
-        return torch.addmm(const, self._features(x), coef.t()).reshape(*x.shape[:3], self.n_components)
+        return self._log_joint_flat(self._flat(x), *self._coefficients()).reshape(*x.shape[:3], self.n_components)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Responsibilities softmax_k(log pi_k + log N_k(x)) (Eq. 4): ``(N, H, W, D)`` -> ``(N, H, W, K)``."""
@@ -178,9 +182,9 @@ class GMM(Layer):
     def training_loss(self, x: torch.Tensor, sigma: float | None) -> tuple[torch.Tensor, float, torch.Tensor]:
         """Fast equivalent of :meth:`loss` for SGD: same value, same parameter gradients, no input gradient.
 
-        Once the winning component of every position is fixed, the objective is linear in ``(coef, const)`` of
-        :meth:`_coefficients`; its gradient only needs the (smoothed) per-component sums of the features
-        ``[x^2, x]`` — a scatter-add — instead of a backward matrix product over all positions.
+        Once the winning component of every position is fixed, the objective is linear in ``(a, b, c)`` of
+        :meth:`_coefficients`; its gradient only needs the (smoothed) per-component sums of ``x^2`` and ``x``
+        — two index-adds — instead of a backward matrix product over all positions.
 
         Returns
         -------
@@ -188,26 +192,27 @@ class GMM(Layer):
         objective : float, the objective value (higher is better) = ``-loss(x, sigma)``.
         log_joint : tensor, shape (N, H, W, K), detached.
         """
+        a, b, c = self._coefficients()
         with torch.no_grad():
-            features = self._features(x)  # [P, 2D]
-        coef, const = self._coefficients()
-        with torch.no_grad():
-            log_joint = torch.addmm(const, features, coef.t())  # [P, K]
+            flat = self._flat(x)  # [P, D]
+            squares = flat * flat
+            log_joint = torch.addmm(c, squares, a.t()).addmm_(flat, b.t())  # [P, K]
             if sigma is None:
                 weights = torch.softmax(log_joint, dim=1)  # gradient of logsumexp: the responsibilities
-                stats, mass = weights.t() @ features, weights.sum(0)
+                stats_a, stats_b, mass = weights.t() @ squares, weights.t() @ flat, weights.sum(0)
                 objective = torch.logsumexp(log_joint, dim=1).mean()
             else:
                 g = neighbourhood(self.n_components, sigma, device=x.device, dtype=x.dtype)
                 identity = bool((g.diagonal() == 1).all())
                 smoothed = log_joint if identity else log_joint @ g.t()
-                best = smoothed.argmax(dim=1)  # [P]
-                objective = smoothed.gather(1, best[:, None]).mean()
-                stats = torch.zeros_like(coef).index_add_(0, best, features)  # [K, 2D]
+                top, best = smoothed.max(dim=1)  # [P]
+                objective = top.mean()
+                stats_a = torch.zeros_like(a).index_add_(0, best, squares)  # [K, D]
+                stats_b = torch.zeros_like(b).index_add_(0, best, flat)
                 mass = torch.bincount(best, minlength=self.n_components).to(x.dtype)
                 if not identity:
-                    stats, mass = g.t() @ stats, g.t() @ mass
-        loss = -((stats * coef).sum() + (mass * const).sum()) / len(features)
+                    stats_a, stats_b, mass = g.t() @ stats_a, g.t() @ stats_b, g.t() @ mass
+        loss = -((stats_a * a).sum() + (stats_b * b).sum() + (mass * c).sum()) / len(flat)
         return loss, float(objective), log_joint.reshape(*x.shape[:3], self.n_components)
 
     # ------------------------------------------------------------------------------------------ sampling
