@@ -112,7 +112,7 @@ def test_cli_train_eval_info(tmp_path, digits_npy, capsys):
     run = tmp_path / "run"
     args = ["train", "--arch", "F(4,4,2,2) G(9) F(3,3,1,1) G(4)", "--data", str(digits_npy), "--epochs", "2", "--batch-size", "50", "--out", str(run), "--quiet"]
     assert main(args) == 0
-    for name in ["model.safetensors", "checkpoint.safetensors", "history.json", "training.png", "centroids_layer1.png", "centroids_layer3.png"]:
+    for name in ["model.safetensors", "checkpoint.safetensors", "history.json", "training.png", "centroids_layer1.png", "centroids_layer3.png", "samples.png", "samples.npy"]:
         assert (run / name).is_file(), name
     assert main(args) == 2  # refuses to overwrite an existing run
     assert "already holds a run" in capsys.readouterr().err

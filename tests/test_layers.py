@@ -174,6 +174,15 @@ def test_folding_sampling_averages_overlaps_exactly():
     torch.testing.assert_close(layer.sample(control), naive_scatter_mean(control, (9, 7, 2), 3, 3, 2, 1))
 
 
+@pytest.mark.parametrize("shape,window", [((9, 7, 2), (3, 2, 2, 1)), ((8, 6, 3), (4, 3, 4, 3)), ((5, 6, 2), (5, 6, 1, 1))])
+def test_folding_adjoint_equals_autograd(shape, window):
+    layer = Folding(shape, *window)
+    x = torch.randn(2, *shape, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, *layer.out_shape, dtype=torch.float64)
+    (expected,) = torch.autograd.grad((layer(x) * upstream).sum(), x)
+    torch.testing.assert_close(layer.adjoint(upstream), expected)
+
+
 def test_folding_inverse_is_identity_for_non_overlapping_windows():
     layer = Folding((8, 6, 3), 4, 3, 4, 3)
     x = torch.arange(2 * 8 * 6 * 3, dtype=torch.float32).reshape(2, 8, 6, 3)

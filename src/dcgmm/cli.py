@@ -1,4 +1,4 @@
-"""Command line: ``dcgmm train | eval | data fetch | info``. A thin shell over the library.
+"""Command line: ``dcgmm train | eval | sample | variants | data fetch | info``. A thin shell over the library.
 
 Mistakes a user can fix (bad spec, missing data, wrong shapes, corrupt checkpoint) print one clear line and
 exit with status 2; no traceback.
@@ -7,6 +7,7 @@ exit with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoint import CHECKPOINT_FILE, atomic_write_text, load_model
+from .checkpoint import CHECKPOINT_FILE, atomic_write_bytes, atomic_write_text, load_model
 from .data import DATASETS, fetch, load_dataset, load_npy, parse_classes
 from .errors import DCGMMError, InputError
 from .model import DCGMM, ModelConfig
@@ -96,6 +97,7 @@ def cmd_train(args) -> int:
     for index, _ in model.gmm_layers():
         plot_centroids(model, index, out / f"centroids_layer{index}.png")
     print(f"trained in {seconds:.1f} s; model and checkpoint in {out}")
+    _write_samples(model, out, seed=args.seed, progress=not args.quiet)
 
     if args.data is None:
         test_images, _ = load_dataset(args.dataset, "test", parse_classes(args.classes), data_dir=args.data_dir)
@@ -105,6 +107,19 @@ def cmd_train(args) -> int:
         print(f"test-set log-likelihoods ({len(test_images)} images), written to {out / 'eval.json'}:")
         _print_report(report)
     return 0
+
+
+def _write_samples(model: DCGMM, out: Path, seed: int, progress: bool) -> None:
+    """samples.png / samples.npy: 100 top-1 samples, sharpened as in the paper (1000 steps of 0.1)."""
+    from .plots import plot_samples
+    from .sampling import Sharpening, sample
+
+    start = time.perf_counter()
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    images = sample(model, 100, top_s=1, sharpening=Sharpening(), generator=generator, progress=progress).cpu().numpy()
+    atomic_write_bytes(out / "samples.npy", _npy_bytes(images))
+    plot_samples(images, out / "samples.png", title=f"{model.spec}: top-1 samples, sharpened")
+    print(f"100 samples (top-1, sharpened) in {time.perf_counter() - start:.1f} s -> {out / 'samples.png'}")
 
 
 def cmd_eval(args) -> int:
@@ -126,6 +141,88 @@ def cmd_eval(args) -> int:
     _print_report(report)
     print(f"written to {out}")
     return 0
+
+
+def _sharpening(args):
+    from .sampling import Sharpening
+
+    return Sharpening(steps=args.steps, rate=args.rate) if args.sharpen else None
+
+
+def _generator(args, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(args.seed)
+
+
+def _default_out(model_path: str, name: str) -> Path:
+    folder = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
+    return folder / name
+
+
+def cmd_sample(args) -> int:
+    from .plots import plot_samples
+    from .sampling import sample, sample_classes
+
+    device = _device(args.device)
+    model = load_model(args.model, device=device)
+    if args.n < 1:
+        raise InputError(f"--n must be at least 1; got {args.n}")
+    top_s = None if args.S == 0 else args.S
+    options = dict(top_s=top_s, noise=args.noise, sharpening=_sharpening(args), generator=_generator(args, device), progress=not args.quiet)
+    start = time.perf_counter()
+    if args.classes:
+        classes = parse_classes(args.classes)
+        labels = np.repeat(classes, args.n)
+        images = sample_classes(model, labels, **options)
+        row_labels = [f"class {c}" for c in classes]
+        ncols = args.n
+    else:
+        images = sample(model, args.n, **options)
+        row_labels, ncols = None, 10
+    seconds = time.perf_counter() - start
+    images = images.cpu().numpy()
+    out = Path(args.out) if args.out else _default_out(args.model, "samples.png")
+    sharp = f"sharpened {args.steps}x{args.rate}" if args.sharpen else "not sharpened"
+    plot_samples(images, out, ncols=ncols, title=f"{model.spec}: top-{args.S or 'all'}, {sharp}", row_labels=row_labels)
+    print(f"{len(images)} samples in {seconds:.1f} s -> {out}")
+    if args.npy:
+        atomic_write_bytes(Path(args.npy), _npy_bytes(images))
+        print(f"array {images.shape} -> {args.npy}")
+    return 0
+
+
+def cmd_variants(args) -> int:
+    from .plots import plot_samples
+    from .sampling import variants
+
+    device = _device(args.device)
+    model = load_model(args.model, device=device)
+    templates = load_npy(args.npy)
+    if args.per_template < 1:
+        raise InputError(f"--per-template must be at least 1; got {args.per_template}")
+    top_s = None if args.S == 0 else args.S
+    repeated = torch.from_numpy(np.repeat(templates, args.per_template, axis=0))
+    start = time.perf_counter()
+    images = variants(
+        model, repeated, top_s=top_s, clamp_layer=args.clamp_layer, noise=args.noise, sharpening=_sharpening(args),
+        generator=_generator(args, device), progress=not args.quiet,
+    ).cpu().numpy()
+    seconds = time.perf_counter() - start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "variants.npy", _npy_bytes(images.reshape(len(templates), args.per_template, *images.shape[1:])))
+    k = args.per_template
+    shown = min(len(templates), 20)
+    grid = np.concatenate([np.concatenate([templates[i : i + 1], images[i * k : (i + 1) * k]]) for i in range(shown)])
+    clamp = "no clamping" if args.clamp_layer is None else f"clamped from layer {args.clamp_layer}"
+    plot_samples(grid, out / "variants.png", ncols=k + 1, title=f"{model.spec}: template (left) and variants, top-{args.S or 'all'}, {clamp}")
+    print(f"{len(images)} variants of {len(templates)} templates in {seconds:.1f} s -> {out / 'variants.npy'} ({len(templates)}, {k}, ...), {out / 'variants.png'}")
+    return 0
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def cmd_data_fetch(args) -> int:
@@ -179,6 +276,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--out", help="JSON file (default: eval-<data>.json in the run folder)")
     p.set_defaults(func=cmd_eval)
+
+    def add_sampling_options(p, default_s: int) -> None:
+        p.add_argument("--model", required=True, help="run folder (or model file)")
+        p.add_argument("--S", type=int, default=default_s, help="top-S sampling: choose among the S largest control values (0 = all; default: %(default)s)")
+        p.add_argument("--sharpen", action=argparse.BooleanOptionalAction, default=True, help="gradient-ascent sharpening below Folding/Pooling layers (default: on)")
+        p.add_argument("--steps", type=int, default=1000, help="sharpening steps G (default: %(default)s)")
+        p.add_argument("--rate", type=float, default=0.1, help="sharpening step size (default: %(default)s)")
+        p.add_argument("--noise", type=float, default=0.0, help="add noise x sigma x N(0,1) to every emitted centroid (default: 0, centroids only)")
+        p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+        p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("sample", help="draw samples (optionally of given classes) into a PNG grid and .npy", description="Sample images top-down from a trained model; with --classes, sample through its top classifier.")
+    add_sampling_options(p, default_s=1)
+    p.add_argument("--n", type=int, default=100, help="number of samples; with --classes, per class (default: %(default)s)")
+    p.add_argument("--classes", help="conditional sampling of these classes, e.g. 0,3,7 (needs a model with a C layer)")
+    p.add_argument("--out", help="PNG grid (default: samples.png in the run folder)")
+    p.add_argument("--npy", help="also write the samples as an (N, H, W, C) .npy array")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("variants", help="generate variants of template images", description="Variant generation (paper Sec. III-B6): forward each template, sample from the top responsibilities; --clamp-layer clamps the signal of layers >= L to the template's activities.")
+    add_sampling_options(p, default_s=2)
+    p.add_argument("--npy", required=True, help="templates, (N, H, W) or (N, H, W, C) .npy")
+    p.add_argument("--clamp-layer", type=int, help="the paper's L-hat, layers counted from 1 at the bottom; 1 returns the templates, top GMM + 1 clamps nothing (default)")
+    p.add_argument("--per-template", type=int, default=8, help="variants per template (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder for variants.npy (N, per-template, H, W, C) and variants.png")
+    p.set_defaults(func=cmd_variants)
 
     p = sub.add_parser("data", help="dataset utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)

@@ -11,6 +11,7 @@ from torch import nn
 
 from .errors import InputError
 from .layers import GMM, Classifier
+from .layers.gmm import responsibilities
 from .spec import build_layers, resolve
 
 
@@ -140,7 +141,7 @@ class DCGMM(nn.Module):
                 if isinstance(layer, GMM):
                     log_joint = layer.log_joint(x)
                     chunks[i].append(torch.logsumexp(log_joint, dim=-1).cpu().numpy())
-                    x = torch.softmax(log_joint, dim=-1)
+                    x = responsibilities(log_joint)
                 elif i < gmm_index[-1]:
                     x = layer(x)
         return [LayerLikelihood(i, self.layers[i].spec(), np.concatenate(chunks[i])) for i in gmm_index]
@@ -159,17 +160,11 @@ class DCGMM(nn.Module):
         return np.concatenate(preds)
 
     # ------------------------------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def sample(self, n: int, top_s: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``n`` images ``(n, H, W, C)``: the top GMM layer selects by its weights pi at every position,
-        every layer below passes the control signal down through its sampling mode."""
-        top = max(i for i, _ in self.gmm_layers())
-        layer = self.layers[top]
-        h, w, _ = layer.out_shape
-        control = torch.exp(layer.log_weights).expand(n, h, w, -1)
-        for layer in reversed(list(self.layers)[: top + 1]):
-            control = layer.sample(control, top_s=top_s, generator=generator)
-        return control
+    def sample(self, n: int, top_s: int | None = 1, **options) -> torch.Tensor:
+        """Draw ``n`` images ``(n, H, W, C)``; see :func:`dcgmm.sampling.sample` for the options."""
+        from .sampling import sample
+
+        return sample(self, n, top_s=top_s, **options)
 
     # ------------------------------------------------------------------------------------------ I/O
     def layer_summary(self) -> list[str]:

@@ -87,3 +87,30 @@ def plot_history(history: list, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, Path(path))
+
+
+def plot_samples(images, path: str | Path, ncols: int = 10, title: str | None = None, row_labels: list[str] | None = None) -> Path:
+    """Write images (N, H, W, C), values shown clipped to [0, 1], as a grid of ``ncols`` columns to ``path`` (PNG)."""
+    images = np.asarray(images)
+    if images.ndim != 4 or len(images) == 0:
+        raise InputError(f"expected a non-empty array of images (N, H, W, C); got shape {images.shape}")
+    n, h, w, c = images.shape
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    grid = np.ones((nrows * (h + 1) - 1, ncols * (w + 1) - 1, c), dtype=np.float64)
+    for i, image in enumerate(np.clip(images, 0, 1)):
+        r, q = divmod(i, ncols)
+        grid[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = image
+    scale = 0.9 * max(1.0, 28 / max(h, w)) / 28
+    fig, ax = plt.subplots(figsize=(max(2.0, grid.shape[1] * scale * 0.9), max(1.0, grid.shape[0] * scale * 0.9) + 0.3))
+    ax.imshow(grid if c == 3 else grid[..., 0], cmap=None if c == 3 else "gray", vmin=0, vmax=1, interpolation="nearest")
+    if row_labels is not None:
+        ax.set_yticks([r * (h + 1) + h / 2 for r in range(len(row_labels))], row_labels, fontsize=8)
+        ax.set_xticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    else:
+        ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, Path(path))

@@ -27,6 +27,7 @@ from .annealing import Annealing
 from .checkpoint import CHECKPOINT_FILE, _model_tensors, model_from_tensors, read_file, save_file, save_model
 from .errors import CheckpointError, InputError
 from .layers import GMM, Classifier
+from .layers.gmm import responsibilities
 from .model import DCGMM
 
 
@@ -215,7 +216,7 @@ class Trainer:
                 else:
                     with torch.no_grad():
                         log_joint = layer.log_joint(h)
-                h = torch.softmax(log_joint, dim=-1)
+                h = responsibilities(log_joint)
             elif isinstance(layer, Classifier):
                 loss = layer.loss(h, y)
                 objectives["classifier"] = float(loss.detach())

@@ -59,8 +59,8 @@ class Layer(nn.Module):
         return f"{self.spec()}: {self.in_shape} -> {self.out_shape}"
 
 
-def scatter_mean(patches: torch.Tensor, size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
-    """Put window contents back onto the plane they were cut from, averaging where windows overlap.
+def scatter_sum(patches: torch.Tensor, size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """Put window contents back onto the plane they were cut from, adding where windows overlap.
 
     Parameters
     ----------
@@ -72,8 +72,16 @@ def scatter_mean(patches: torch.Tensor, size: tuple[int, int], kernel: tuple[int
     tensor, shape (N, H, W, C). Pixels that no window covers are 0.
     """
     n, hp, wp, ky, kx, c = patches.shape
+    tiles = (hp == 1 or stride[0] == ky) and (wp == 1 or stride[1] == kx) and (hp * ky, wp * kx) == tuple(size)
+    if tiles:  # the windows tile the plane exactly: no overlap, no gap
+        return patches.permute(0, 1, 3, 2, 4, 5).reshape(n, hp * ky, wp * kx, c)
     cols = patches.permute(0, 5, 3, 4, 1, 2).reshape(n, c * ky * kx, hp * wp)  # [N, C*ky*kx, H'*W']
-    summed = F.fold(cols, output_size=size, kernel_size=kernel, stride=stride)  # [N, C, H, W]
+    return F.fold(cols, output_size=size, kernel_size=kernel, stride=stride).permute(0, 2, 3, 1)
+
+
+def scatter_mean(patches: torch.Tensor, size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """Like :func:`scatter_sum`, but averaging where windows overlap: (N, H', W', ky, kx, C) -> (N, H, W, C)."""
+    _, hp, wp, ky, kx, _ = patches.shape
     ones = torch.ones(1, ky * kx, hp * wp, dtype=patches.dtype, device=patches.device)
     counts = F.fold(ones, output_size=size, kernel_size=kernel, stride=stride)  # [1, 1, H, W]
-    return (summed / counts.clamp(min=1)).permute(0, 2, 3, 1)
+    return scatter_sum(patches, size, kernel, stride) / counts.clamp(min=1).permute(0, 2, 3, 1)

@@ -7,7 +7,7 @@ import warnings
 import torch
 
 from ..errors import SpecError
-from .base import Layer, Shape, scatter_mean
+from .base import Layer, Shape, scatter_mean, scatter_sum
 
 
 class Folding(Layer):
@@ -58,3 +58,12 @@ class Folding(Layer):
         h, w, c = self.in_shape
         patches = control.reshape(control.shape[0], *self.out_shape[:2], *self.kernel, c)
         return scatter_mean(patches, (h, w), self.kernel, self.stride)
+
+    def adjoint(self, grad: torch.Tensor) -> torch.Tensor:
+        """Transpose of the (linear) forward map: ``(N, H', W', fy*fx*C)`` -> ``(N, H, W, C)``, summing overlaps.
+
+        It carries a gradient with respect to the output back to the input, without autograd.
+        """
+        h, w, c = self.in_shape
+        patches = grad.reshape(grad.shape[0], *self.out_shape[:2], *self.kernel, c)
+        return scatter_sum(patches, (h, w), self.kernel, self.stride)

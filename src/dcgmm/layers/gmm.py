@@ -55,6 +55,18 @@ def neighbourhood(n_components: int, sigma: float, device=None, dtype=torch.floa
     return torch.softmax(logits, dim=1)
 
 
+def responsibilities(log_joint: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """softmax over ``dim``, computed so that it never produces subnormal floats.
+
+    Responsibilities of far-away components would underflow to subnormal floats, and arithmetic on them runs
+    up to 20x slower on CPUs (``torch.set_flush_denormal`` does not reach PyTorch's worker threads). Log-values
+    more than 80 below the largest are raised to that floor first: those responsibilities become ~1e-35
+    instead of smaller, which changes nothing that matters, and everything stays a normal float.
+    """
+    floor = log_joint.detach().amax(dim=dim, keepdim=True) - 80.0
+    return torch.softmax(torch.maximum(log_joint, floor), dim=dim)
+
+
 class GMM(Layer):
     """K diagonal Gaussians shared over all positions; output: responsibilities ``(N, H, W, K)``.
 
@@ -133,7 +145,7 @@ class GMM(Layer):
         self.check_input(x)
         return x.reshape(-1, self.in_shape[2])
 
-    def _coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``log(pi_k N_k(x)) = x^2 . a_k + x . b_k + c_k``: returns a, b (K, D) and c (K,)."""
         log_tau = self.log_precisions  # [K, D]
         tau = torch.exp(log_tau)
@@ -148,17 +160,21 @@ class GMM(Layer):
         """``(P, D)`` -> ``(P, K)``: two matrix products, no ``(P, K, D)`` tensor."""
         return torch.addmm(c, flat * flat, a.t()).addmm_(flat, b.t())
 
-    def log_joint(self, x: torch.Tensor) -> torch.Tensor:
-        """log(pi_k N_k(x)) at every position: ``(N, H, W, D)`` -> ``(N, H, W, K)``."""
-        return self._log_joint_flat(self._flat(x), *self._coefficients()).reshape(*x.shape[:3], self.n_components)
+    def log_joint(self, x: torch.Tensor, coefficients: tuple | None = None) -> torch.Tensor:
+        """log(pi_k N_k(x)) at every position: ``(N, H, W, D)`` -> ``(N, H, W, K)``.
+
+        ``coefficients``: the result of :meth:`coefficients`, to reuse when the parameters do not change.
+        """
+        coefficients = self.coefficients() if coefficients is None else coefficients
+        return self._log_joint_flat(self._flat(x), *coefficients).reshape(*x.shape[:3], self.n_components)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Responsibilities softmax_k(log pi_k + log N_k(x)) (Eq. 4): ``(N, H, W, D)`` -> ``(N, H, W, K)``."""
-        return torch.softmax(self.log_joint(x), dim=-1)
+        return responsibilities(self.log_joint(x))
 
-    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+    def log_likelihood(self, x: torch.Tensor, coefficients: tuple | None = None) -> torch.Tensor:
         """Exact log p(x) = logsumexp_k log(pi_k N_k(x)) per position: ``(N, H, W, D)`` -> ``(N, H, W)``."""
-        return torch.logsumexp(self.log_joint(x), dim=-1)
+        return torch.logsumexp(self.log_joint(x, coefficients), dim=-1)
 
     def loss(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
         """Negative training objective of input ``x`` ``(N, H, W, D)``; see :meth:`loss_from_log_joint`."""
@@ -183,7 +199,7 @@ class GMM(Layer):
         """Fast equivalent of :meth:`loss` for SGD: same value, same parameter gradients, no input gradient.
 
         Once the winning component of every position is fixed, the objective is linear in ``(a, b, c)`` of
-        :meth:`_coefficients`; its gradient only needs the (smoothed) per-component sums of ``x^2`` and ``x``
+        :meth:`coefficients`; its gradient only needs the (smoothed) per-component sums of ``x^2`` and ``x``
         — two index-adds — instead of a backward matrix product over all positions.
 
         Returns
@@ -192,13 +208,13 @@ class GMM(Layer):
         objective : float, the objective value (higher is better) = ``-loss(x, sigma)``.
         log_joint : tensor, shape (N, H, W, K), detached.
         """
-        a, b, c = self._coefficients()
+        a, b, c = self.coefficients()
         with torch.no_grad():
             flat = self._flat(x)  # [P, D]
             squares = flat * flat
             log_joint = torch.addmm(c, squares, a.t()).addmm_(flat, b.t())  # [P, K]
             if sigma is None:
-                weights = torch.softmax(log_joint, dim=1)  # gradient of logsumexp: the responsibilities
+                weights = responsibilities(log_joint, dim=1)  # gradient of logsumexp: the responsibilities
                 stats_a, stats_b, mass = weights.t() @ squares, weights.t() @ flat, weights.sum(0)
                 objective = torch.logsumexp(log_joint, dim=1).mean()
             else:

@@ -1,0 +1,159 @@
+import numpy as np
+import pytest
+import torch
+
+from dcgmm import DCGMM, PRESETS, InputError, TrainConfig, Trainer, save_model
+from dcgmm.cli import main
+from dcgmm.sampling import Sharpening, clamp_range, log_likelihood_gradient, sample, sample_classes, sharpen, variants
+
+SMALL = "F(4,4,2,2) G(9) F(3,3,1,1) G(4)"
+
+
+@pytest.fixture(scope="module")
+def small_model(digits):
+    images, labels = digits
+    model = DCGMM.from_spec(SMALL + " C(10)", input_shape=(8, 8, 1))
+    Trainer(model, TrainConfig(epochs=6, batch_size=50, window=10), images, labels).fit(progress=False)
+    return model
+
+
+@pytest.mark.parametrize("arch", list(PRESETS))
+def test_sample_shapes_for_every_table_one_architecture(arch):
+    model = DCGMM.from_spec(arch)
+    gen = torch.Generator().manual_seed(0)
+    for top_s in (1, 3, None):
+        out = sample(model, 5, top_s=top_s, sharpening=Sharpening(steps=2), generator=gen)
+        assert out.shape == (5, 28, 28, 1) and torch.isfinite(out).all()
+    templates = torch.rand(3, 28, 28, 1)
+    assert variants(model, templates, top_s=2, generator=gen).shape == (3, 28, 28, 1)
+
+
+def test_one_layer_top_one_samples_are_exactly_centroids():
+    model = DCGMM.from_spec("F(8,8,1,1) G(10)", input_shape=(8, 8, 1))
+    out = sample(model, 200, top_s=1, generator=torch.Generator().manual_seed(0)).reshape(200, 64)
+    centroids = model.layers[1].centroids.detach()
+    nearest = torch.cdist(out, centroids).argmin(1)  # [200]
+    assert torch.equal(out, centroids[nearest])  # bit for bit
+    # drawn from pi, not only its largest entry: more than one centroid shows up
+    assert len(nearest.unique()) > 1
+
+
+def test_top_layer_draws_follow_the_mixing_weights():
+    model = DCGMM.from_spec("F(2,2,1,1) G(4)", input_shape=(2, 2, 1))
+    layer = model.layers[1]
+    with torch.no_grad():
+        layer.centroids.copy_(torch.arange(4.0)[:, None].expand(4, 4))
+        layer.weight_logits.copy_(torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4])))
+    out = sample(model, 20000, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(out[:, 0, 0, 0].long(), minlength=4).double() / 20000
+    torch.testing.assert_close(counts, torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64), atol=0.015, rtol=0)
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator(small_model):
+    a = sample(small_model, 20, top_s=2, generator=torch.Generator().manual_seed(3))
+    b = sample(small_model, 20, top_s=2, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_lower_layers_never_select_outside_the_top_s(small_model):
+    # the lower GMM receives control from the top; with S = 1 it must use the control's argmax everywhere
+    model = small_model
+    top, fold, gmm = model.layers[3], model.layers[2], model.layers[1]
+    gen = torch.Generator().manual_seed(0)
+    control = fold.sample(top.sample(torch.exp(top.log_weights).expand(50, *top.out_shape), generator=gen))
+    emitted = gmm.sample(control, top_s=2, generator=gen)  # [50, 3, 3, 16]
+    chosen = torch.cdist(emitted.reshape(-1, 16), gmm.centroids.detach()).argmin(1)
+    allowed = control.reshape(-1, 9).topk(2, dim=1).indices
+    assert (chosen[:, None] == allowed).any(1).all()
+
+
+def test_sharpening_raises_the_upper_layers_log_likelihood(small_model):
+    model = small_model
+    unsharpened = sample(model, 100, top_s=1, generator=torch.Generator().manual_seed(1))
+    sharpened = sharpen(model, unsharpened, 0, Sharpening())  # the paper's 1000 steps of 0.1
+    with torch.no_grad():
+        before = model.layers[1].log_likelihood(model.layers[0](unsharpened)).mean(dim=(1, 2))  # per image
+        after = model.layers[1].log_likelihood(model.layers[0](sharpened)).mean(dim=(1, 2))
+    assert after.mean() > before.mean() + 0.05, (before.mean(), after.mean())
+    assert (after >= before - 1e-4).float().mean() > 0.9
+    assert torch.isfinite(sharpened).all()
+    # zero steps change nothing; a layer with no GMM above is left alone
+    torch.testing.assert_close(sharpen(model, unsharpened, 0, Sharpening(steps=0)), unsharpened)
+
+
+def test_sharpening_matches_a_hand_written_gradient_step():
+    model = DCGMM.from_spec("F(2,2,1,1) G(3)", input_shape=(2, 2, 1))
+    x = torch.rand(4, 2, 2, 1)
+    gmm = model.layers[1]
+    tau, mu = torch.exp(gmm.log_precisions).detach(), gmm.centroids.detach()
+    flat = x.reshape(4, 4)
+    resp = torch.softmax(gmm.log_joint(x.reshape(4, 1, 1, 4)).reshape(4, 3).detach(), dim=1)
+    grad = (resp[:, :, None] * tau * (mu - flat[:, None, :])).sum(1)  # d log p / dx for a diagonal GMM
+    expected = (flat + 0.05 * grad / 4).reshape(4, 2, 2, 1)  # objective: per input dimension (D = 4)
+    torch.testing.assert_close(sharpen(model, x, 0, Sharpening(steps=1, rate=0.05)), expected)
+
+
+def test_log_likelihood_gradient_equals_autograd():
+    gmm = DCGMM.from_spec("F(3,2,1,1) G(5)", input_shape=(5, 4, 2)).layers[1].double()
+    with torch.no_grad():
+        gmm.centroids.normal_()
+        gmm.precision_raw.uniform_(-1, 2)
+        gmm.weight_logits.normal_()
+    h = torch.randn(3, 3, 3, 12, dtype=torch.float64, requires_grad=True)
+    objective = gmm.log_likelihood(h).mean(dim=(1, 2)).sum() / 12
+    (expected,) = torch.autograd.grad(objective, h)
+    with torch.no_grad():
+        got = log_likelihood_gradient(gmm, h.detach(), tuple(t.detach() for t in gmm.coefficients()))
+    torch.testing.assert_close(got, expected)
+
+
+def test_conditional_sampling_shapes_and_errors(small_model):
+    out = sample_classes(small_model, [0, 3, 7, 7], top_s=1, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (4, 8, 8, 1) and torch.isfinite(out).all()
+    with pytest.raises(InputError, match="0..9"):
+        sample_classes(small_model, [10])
+    with pytest.raises(InputError, match="no class labels"):
+        sample_classes(small_model, [])
+    with pytest.raises(InputError, match="needs a classifier"):
+        sample_classes(DCGMM.from_spec(SMALL, input_shape=(8, 8, 1)), [1])
+
+
+def test_variant_clamping(small_model, digits):
+    images, _ = digits
+    templates = torch.from_numpy(images[:30])
+    low, high = clamp_range(small_model)
+    assert (low, high) == (1, 5)  # 2 GMM layers: F G F G, O = 4
+    torch.testing.assert_close(variants(small_model, templates, clamp_layer=1), templates)
+    gen = torch.Generator().manual_seed(0)
+    distances = []
+    for clamp in (3, high):
+        out = variants(small_model, templates, top_s=1, clamp_layer=clamp, generator=gen)
+        assert out.shape == templates.shape
+        distances.append(float(((out - templates) ** 2).mean()))
+    assert distances[0] <= distances[1] + 1e-6  # clamping lower keeps variants closer to their templates
+    with pytest.raises(InputError, match="clamp layer must lie in 1..5"):
+        variants(small_model, templates, clamp_layer=6)
+    with pytest.raises(InputError, match="shape"):
+        variants(small_model, torch.rand(2, 9, 9, 1))
+    with pytest.raises(InputError, match="top-S"):
+        sample(small_model, 3, top_s=0)
+    assert np.isfinite(variants(small_model, templates[:2, ..., 0].numpy()).numpy()).all()  # (N, H, W) works
+
+
+def test_cli_sample_and_variants(small_model, digits, tmp_path, capsys):
+    save_model(small_model, tmp_path / "run" / "model.safetensors")
+    run = str(tmp_path / "run")
+    assert main(["sample", "--model", run, "--n", "12", "--S", "2", "--steps", "20", "--npy", str(tmp_path / "s.npy"), "--quiet"]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (12, 8, 8, 1) and (tmp_path / "run" / "samples.png").is_file()
+    assert main(["sample", "--model", run, "--n", "3", "--classes", "0,3,7", "--no-sharpen", "--out", str(tmp_path / "c.png"), "--quiet"]) == 0
+    assert (tmp_path / "c.png").is_file()
+    templates = tmp_path / "t.npy"
+    np.save(templates, digits[0][:4, ..., 0])
+    out = tmp_path / "variants"
+    assert main(["variants", "--model", run, "--npy", str(templates), "--S", "2", "--clamp-layer", "3", "--per-template", "5", "--steps", "10", "--out", str(out), "--quiet"]) == 0
+    assert np.load(out / "variants.npy").shape == (4, 5, 8, 8, 1) and (out / "variants.png").is_file()
+    capsys.readouterr()
+    assert main(["variants", "--model", run, "--npy", str(templates), "--clamp-layer", "9", "--out", str(out), "--quiet"]) == 2
+    assert "clamp layer must lie in 1..5" in capsys.readouterr().err
+    assert main(["sample", "--model", run, "--classes", "12", "--quiet"]) == 2
+    assert "0..9" in capsys.readouterr().err
