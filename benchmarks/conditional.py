@@ -28,6 +28,7 @@ def main():
     parser.add_argument("--S", type=int, default=1)
     parser.add_argument("--n", type=int, default=100, help="samples per class")
     parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--spec", default=SPEC, help="architecture, ending in C(10) (default: %(default)s)")
     parser.add_argument("--run", default="runs/conditional")
     args = parser.parse_args()
     run = Path(args.run)
@@ -38,10 +39,10 @@ def main():
         print(f"reusing {run}")
     else:
         start = time.perf_counter()
-        model = DCGMM.from_spec(SPEC)
+        model = DCGMM.from_spec(args.spec)
         Trainer(model, TrainConfig(epochs=args.epochs), train, train_labels).fit(progress=False)
         save_model(model, run / "model.safetensors")
-        print(f"trained {SPEC} in {time.perf_counter() - start:.0f} s")
+        print(f"trained {args.spec} in {time.perf_counter() - start:.0f} s")
     print(f"the model's own classifier: test accuracy {(model.predict(test) == test_labels).mean():.4f}")
 
     start = time.perf_counter()
@@ -58,7 +59,7 @@ def main():
         print(f"  class {c}: {(predicted[wanted == c] == c).mean():.3f}")
     print(f"overall accuracy of conditional samples: {(predicted == wanted).mean():.4f}")
     plot_samples(samples.numpy().reshape(10, args.n, 28, 28, 1)[:, :10].reshape(100, 28, 28, 1), run / f"conditional-S{args.S}.png",
-                 title=f"{SPEC}: conditional samples, top-{args.S}, sharpened", row_labels=[f"class {c}" for c in range(10)])
+                 title=f"{model.spec}: conditional samples, top-{args.S}, sharpened", row_labels=[f"class {c}" for c in range(10)])
 
     times = []
     for repeat in range(3):

@@ -1,3 +1,4 @@
+import numpy as np
 """Reference tests of the four layers against independent computations (torch.distributions, F.unfold, ...)."""
 
 import itertools
@@ -249,6 +250,18 @@ def test_classifier_sampling_gives_valid_control():
     assert control.shape == (5, 3, 2, 4)
     assert (control >= 0).all()
     torch.testing.assert_close(control.sum(-1), torch.ones(5, 3, 2))
+    # reference: logits of the 0.99-confident class distribution, minus the bias, through W^T, softmax per position
+    w, b = layer.linear.weight.detach().numpy(), layer.linear.bias.detach().numpy()
+    control = control.detach()
+    for c in range(5):
+        target = np.full(5, 0.01 / 5)
+        target[c] += 0.99
+        signal = ((np.log(target) - b) @ w).reshape(3, 2, 4)
+        expected = np.exp(signal - signal.max(-1, keepdims=True))
+        expected /= expected.sum(-1, keepdims=True)
+        np.testing.assert_allclose(control[c].numpy(), expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(InputError, match="positive entry"):
+        layer.sample(torch.zeros(1, 1, 1, 5))
 
 
 def test_layers_reject_wrong_input_shape():

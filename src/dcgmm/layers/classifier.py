@@ -8,14 +8,15 @@ from torch.nn import functional as F
 
 from ..errors import InputError, SpecError
 from .base import Layer, Shape
+from .gmm import responsibilities
 
 
 class Classifier(Layer):
     """Affine map of the flattened input to class logits, trained by cross-entropy on detached input.
 
-    Output shape ``(1, 1, n_classes)``. Sampling approximately inverts the map: ``(T - b) W`` of
-    one-hot (or soft) class codes ``T``, made a valid control signal for the GMM layer below
-    (clipped at 0 and normalised to sum 1 at every position).
+    Output shape ``(1, 1, n_classes)``. Sampling approximately inverts the map: ``(T - b) W`` of the
+    logits ``T`` of one-hot (or soft) class codes, made a valid control signal for the GMM layer below by
+    a softmax at every position (see :meth:`sample`).
     """
 
     letter = "C"
@@ -48,11 +49,21 @@ class Classifier(Layer):
             raise InputError(f"labels must lie in 0..{self.n_classes - 1} for {self.spec()}")
         return F.cross_entropy(self.forward(x)[:, 0, 0, :], labels)
 
-    def sample(self, control: torch.Tensor, **options) -> torch.Tensor:
-        """Class codes ``(N, 1, 1, n_classes)`` -> control ``(N, H, W, C)``, non-negative, summing to 1 per position."""
-        codes = control.reshape(control.shape[0], self.n_classes)
-        flat = (codes - self.linear.bias) @ self.linear.weight  # [N, H*W*C]
-        signal = flat.reshape(-1, *self.in_shape).clamp(min=0)
-        total = signal.sum(dim=-1, keepdim=True)
-        uniform = torch.full_like(signal, 1.0 / self.in_shape[2])
-        return torch.where(total > 0, signal / total.clamp(min=torch.finfo(signal.dtype).tiny), uniform)
+    def sample(self, control: torch.Tensor, confidence: float = 0.99, **options) -> torch.Tensor:
+        """Class codes ``(N, 1, 1, n_classes)`` -> control ``(N, H, W, C)``: non-negative, summing to 1 per position.
+
+        The approximate inverse of Sec. III-A4, ``T' = (T - b) W``, applied to logit targets: each code
+        (one-hot or any non-negative class weights) becomes the class distribution that puts ``confidence``
+        on it and spreads the rest evenly, and ``T`` is its log — the logits that would produce it, up to a
+        constant. A component then gets a large value when its weight is high for the wanted class and low
+        for the others. A softmax over the channels of every position makes ``T'`` a valid control signal.
+        """
+        if not 0 < confidence < 1:
+            raise InputError(f"confidence must lie strictly between 0 and 1; got {confidence}")
+        codes = control.reshape(control.shape[0], self.n_classes).clamp(min=0)
+        total = codes.sum(dim=1, keepdim=True)
+        if bool((total <= 0).any()):
+            raise InputError("every class code needs a positive entry (one-hot codes, or class weights)")
+        target = confidence * codes / total + (1 - confidence) / self.n_classes
+        signal = (torch.log(target) - self.linear.bias) @ self.linear.weight  # [N, H*W*C]
+        return responsibilities(signal.reshape(-1, *self.in_shape))
