@@ -66,7 +66,7 @@ def main():
         start = time.perf_counter()
         sample(model, 100, top_s=1, sharpening=Sharpening(steps=1000, rate=0.1), generator=torch.Generator().manual_seed(repeat))
         times.append(time.perf_counter() - start)
-    print(f"sampling + sharpening 100 samples of 2L-c, G = 1000: {min(times):.2f} s (best of 3: {', '.join(f'{t:.2f}' for t in times)})")
+    print(f"sampling + sharpening 100 samples of {model.spec}, G = 1000: {min(times):.2f} s (best of 3: {', '.join(f'{t:.2f}' for t in times)})")
 
 
 if __name__ == "__main__":
