@@ -45,7 +45,7 @@ class TrainConfig:
     """The learning rate shrinks with the annealing radius, but never below this."""
     rate_centroids: float = 1.0
     """Rate factor of the centroids (multiplies lr)."""
-    rate_precisions: float = 20.0
+    rate_precisions: float = 200.0
     """Rate factor of the precision parameters (multiplies lr)."""
     rate_weights: float = 0.2
     """Rate factor of the mixing-weight logits (multiplies lr)."""

@@ -55,15 +55,22 @@ def neighbourhood(n_components: int, sigma: float, device=None, dtype=torch.floa
     return torch.softmax(logits, dim=1)
 
 
-def responsibilities(log_joint: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """softmax over ``dim``, computed so that it never produces subnormal floats.
+TINY_LOG_RATIO = 35.0
+"""Log-responsibilities more than 35 below the largest at a position are raised to that floor."""
+TINY_COEFFICIENT = 1e-20
+"""Coefficients ``tau * mu`` below this in magnitude are treated as exactly 0 (centroid entries below ~5e-22)."""
 
-    Responsibilities of far-away components would underflow to subnormal floats, and arithmetic on them runs
-    up to 20x slower on CPUs (``torch.set_flush_denormal`` does not reach PyTorch's worker threads). Log-values
-    more than 80 below the largest are raised to that floor first: those responsibilities become ~1e-35
-    instead of smaller, which changes nothing that matters, and everything stays a normal float.
+
+def responsibilities(log_joint: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """softmax over ``dim``, with no responsibility below ~exp(-35) / K of the largest.
+
+    Arithmetic on subnormal floats (below 1e-38) runs 10-100x slower on CPUs, and ``torch.set_flush_denormal``
+    does not reach PyTorch's worker threads. Far-away components would get such responsibilities, or products
+    of tiny responsibilities with tiny coefficients would. Raising log-values to 35 below the largest keeps
+    every responsibility and, with :data:`TINY_COEFFICIENT`, every product in normal range; responsibilities
+    of ~1e-16 instead of smaller change nothing that matters.
     """
-    floor = log_joint.detach().amax(dim=dim, keepdim=True) - 80.0
+    floor = log_joint.detach().amax(dim=dim, keepdim=True) - TINY_LOG_RATIO
     return torch.softmax(torch.maximum(log_joint, floor), dim=dim)
 
 
@@ -146,11 +153,17 @@ class GMM(Layer):
         return x.reshape(-1, self.in_shape[2])
 
     def coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``log(pi_k N_k(x)) = x^2 . a_k + x . b_k + c_k``: returns a, b (K, D) and c (K,)."""
+        """``log(pi_k N_k(x)) = x^2 . a_k + x . b_k + c_k``: returns a, b (K, D) and c (K,).
+
+        Entries of ``b = tau * mu`` below :data:`TINY_COEFFICIENT` count as 0: centroid entries on dimensions
+        the data never use decay geometrically under SGD and would otherwise end as subnormal floats that
+        slow every product they enter; their gradient stops at that point instead.
+        """
         log_tau = self.log_precisions  # [K, D]
         tau = torch.exp(log_tau)
         mu = self.centroids
         b = tau * mu
+        b = torch.where(b.abs() < TINY_COEFFICIENT, 0.0, b)
         d = mu.shape[1]
         c = self.log_weights + 0.5 * (log_tau.sum(1) - d * math.log(2 * math.pi) - (b * mu).sum(1))
         return -0.5 * tau, b, c
