@@ -115,8 +115,6 @@ def sharpen(model: DCGMM, signal: torch.Tensor, index: int, sharpening: Sharpeni
     steps = range(sharpening.steps)
     if progress:
         steps = tqdm(steps, desc=f"sharpening layer {index}", leave=False, dynamic_ncols=True)
-    # responsibilities far below 1e-38 are subnormal floats, which make CPU arithmetic up to 10x slower
-    torch.set_flush_denormal(True)
     only_folding = all(isinstance(layer, Folding) for layer in between)
     for _ in steps:
         if only_folding:  # linear maps: carry the gradient down with their adjoints, no autograd graph
@@ -192,8 +190,7 @@ def sample(
     out = []
     for begin, end in _batches(n, batch_size):
         control = torch.exp(layer.log_weights).expand(end - begin, h, w, k)
-        with torch.enable_grad():
-            out.append(_sample_down(model, top, control, top_s, noise, sharpening, generator, False, progress))
+        out.append(_sample_down(model, top, control, top_s, noise, sharpening, generator, False, progress))
     return torch.cat(out)
 
 
@@ -227,8 +224,7 @@ def sample_classes(
     for begin, end in _batches(len(labels), batch_size):
         codes = F.one_hot(labels[begin:end], classifier.n_classes).to(torch.float32)[:, None, None, :]
         control = classifier.sample(codes)
-        with torch.enable_grad():
-            out.append(_sample_down(model, top - 1, control, top_s, noise, sharpening, generator, True, progress))
+        out.append(_sample_down(model, top - 1, control, top_s, noise, sharpening, generator, True, progress))
     return torch.cat(out)
 
 
@@ -277,7 +273,6 @@ def variants(
     out = []
     for begin, end in _batches(len(templates), batch_size):
         activities = model(templates[begin:end])
-        with torch.enable_grad():
-            out.append(_sample_down(model, start, activities[start], top_s, noise, sharpening, generator, True, progress))
+        out.append(_sample_down(model, start, activities[start], top_s, noise, sharpening, generator, True, progress))
     return torch.cat(out)
 
