@@ -80,23 +80,37 @@ def read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
 
 
 def save_model(model: DCGMM, path: str | Path, extra: dict | None = None) -> Path:
-    """Save ``model`` to ``path`` (a run folder, or a file name ending in .safetensors)."""
+    """Save ``model`` (and its outlier statistics, if any) to ``path``: a run folder, or a .safetensors file."""
     path = Path(path)
     file = path if path.suffix == ".safetensors" else path / MODEL_FILE
-    save_file(file, _model_tensors(model), {"model_config": model.config.to_dict(), **(extra or {})})
+    tensors, metadata = _model_tensors(model), {"model_config": model.config.to_dict(), **(extra or {})}
+    if model.statistics is not None:
+        stats_tensors, metadata["statistics"] = model.statistics.to_tensors()
+        tensors.update(stats_tensors)
+    save_file(file, tensors, metadata)
     return file
 
 
 def model_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source: Path) -> DCGMM:
-    """Rebuild a model from the tensors and metadata of a model or checkpoint file."""
+    """Rebuild a model (with its outlier statistics, if saved) from the tensors and metadata of a file."""
+    from .outliers import OutlierStatistics
+
     if "model_config" not in metadata:
         raise CheckpointError(f"{source} has no model configuration; it was not written by dcgmm")
-    model = DCGMM(ModelConfig(**metadata["model_config"]))
+    try:
+        model = DCGMM(ModelConfig(**metadata["model_config"]))
+    except TypeError as exc:
+        raise CheckpointError(f"{source}: unknown model configuration ({exc}); it was written by another dcgmm version") from None
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{source}: weights do not match the saved configuration ({exc})") from None
+    if "statistics" in metadata:
+        try:
+            model.statistics = OutlierStatistics.from_tensors(tensors, metadata["statistics"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{source}: outlier statistics are incomplete ({exc}); recompute them with `dcgmm stats`") from None
     return model
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``dcgmm train | eval | sample | variants | data fetch | info``. A thin shell over the library.
+"""Command line: ``dcgmm train | eval | sample | variants | stats | outliers | score | inpaint | occlude | data fetch | info``. A thin shell over the library.
 
 Mistakes a user can fix (bad spec, missing data, wrong shapes, corrupt checkpoint) print one clear line and
 exit with status 2; no traceback.
@@ -24,6 +24,9 @@ from .errors import DCGMMError, InputError
 from .model import DCGMM, ModelConfig
 from .spec import PRESETS
 from .training import TrainConfig, Trainer
+
+INPAINT_C = 1.0
+"""Default c of Eq. 6 for in-painting's outlier maps."""
 
 
 def _device(name: str) -> torch.device:
@@ -97,6 +100,7 @@ def cmd_train(args) -> int:
     for index, _ in model.gmm_layers():
         plot_centroids(model, index, out / f"centroids_layer{index}.png")
     print(f"trained in {seconds:.1f} s; model and checkpoint in {out}")
+    _fit_and_save_statistics(model, images, _describe(args, "train"), out, progress=not args.quiet)
     _write_samples(model, out, seed=args.seed, progress=not args.quiet)
 
     if args.data is None:
@@ -106,7 +110,42 @@ def cmd_train(args) -> int:
         atomic_write_text(out / "eval.json", json.dumps(report, indent=1))
         print(f"test-set log-likelihoods ({len(test_images)} images), written to {out / 'eval.json'}:")
         _print_report(report)
+        if args.classes:
+            _held_out_curve(model, args, test_images, out)
     return 0
+
+
+def _describe(args, split: str) -> str:
+    if args.data is not None:
+        return str(args.data)
+    return f"{args.dataset} {split}" + (f" classes {args.classes}" if args.classes else "")
+
+
+def _fit_and_save_statistics(model: DCGMM, images, source: str, out: Path, progress: bool) -> None:
+    from .checkpoint import save_model
+    from .outliers import fit_statistics
+
+    start = time.perf_counter()
+    fit_statistics(model, images, source=source, progress=progress)
+    save_model(model, out)
+    print(f"outlier statistics over {source} ({len(images)} images) in {time.perf_counter() - start:.1f} s, saved with the model")
+
+
+def _held_out_curve(model: DCGMM, args, inliers: np.ndarray, out: Path) -> None:
+    """The paper's protocol: test images of the training classes are inliers, the other classes outliers."""
+    from .outliers import image_scores, outlier_curve
+    from .plots import plot_outlier_curves
+
+    others = [c for c in range(10) if c not in parse_classes(args.classes)]
+    if not others:
+        return
+    outliers, _ = load_dataset(args.dataset, "test", others, data_dir=args.data_dir)
+    curve = outlier_curve(image_scores(model, inliers), image_scores(model, outliers))
+    other_text = ",".join(map(str, others))
+    report = {"model": model.spec, "inliers": f"{args.dataset} test classes {args.classes}", "outliers": f"{args.dataset} test classes {other_text}", **curve}
+    atomic_write_text(out / "outliers.json", json.dumps(report, indent=1))
+    plot_outlier_curves({model.spec: curve}, out / "outliers.png", title=f"{args.dataset}: classes {args.classes} vs {other_text}, c from -2 to 2")
+    print(f"outlier detection, test classes {args.classes} vs {other_text}: AUROC {curve['auroc']:.3f} -> {out / 'outliers.png'}")
 
 
 def _write_samples(model: DCGMM, out: Path, seed: int, progress: bool) -> None:
@@ -225,6 +264,161 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _load_model_for(args):
+    return load_model(args.model, device=_device(args.device))
+
+
+def cmd_stats(args) -> int:
+    model = _load_model_for(args)
+    images, _ = _load_images(args, args.split)
+    target = Path(args.model)
+    if target.is_file() and target.name == CHECKPOINT_FILE:  # never overwrite a resume checkpoint with a model
+        target = target.parent
+    _fit_and_save_statistics(model, images, _describe(args, args.split), target, progress=not args.quiet)
+    for index, stats in model.statistics.layers.items():
+        print(f"  layer {index} {model.layers[index].spec():<8} positions {stats.mean.shape[0]}x{stats.mean.shape[1]}: "
+              f"mean log p {stats.mean.mean():9.2f}, std {np.sqrt(stats.variance).mean():7.2f} (averaged over positions)")
+    return 0
+
+
+def _scored_images(args, prefix: str):
+    """Images for one side of `dcgmm outliers`: --PREFIX-npy, or --PREFIX-dataset with --PREFIX-classes."""
+    npy, dataset, classes = (getattr(args, f"{prefix}_{k}") for k in ("npy", "dataset", "classes"))
+    if npy is not None:
+        if dataset is not None or classes is not None:
+            raise InputError(f"give either --{prefix}-npy or --{prefix}-dataset (with --{prefix}-classes), not both")
+        return load_npy(npy), str(npy)
+    if dataset is None:
+        raise InputError(f"say where the {prefix} come from: --{prefix}-dataset NAME [--{prefix}-classes 5-9] or --{prefix}-npy FILE")
+    images, _ = load_dataset(dataset, args.split, parse_classes(classes), data_dir=args.data_dir)
+    return images, f"{dataset} {args.split}" + (f" classes {classes}" if classes else "")
+
+
+def cmd_outliers(args) -> int:
+    from .outliers import image_scores, outlier_curve, require_statistics
+    from .plots import plot_outlier_curves
+
+    model = _load_model_for(args)
+    require_statistics(model)
+    inliers, inlier_text = _scored_images(args, "inliers")
+    outliers, outlier_text = _scored_images(args, "outliers")
+    scores_in = image_scores(model, inliers, args.batch_size)
+    scores_out = image_scores(model, outliers, args.batch_size)
+    curve = outlier_curve(scores_in, scores_out)
+    out = Path(args.out)
+    report = {"model": str(args.model), "spec": model.spec, "statistics": model.statistics.source,
+              "inliers": inlier_text, "outliers": outlier_text, **curve}
+    atomic_write_text(out / "outliers.json", json.dumps(report, indent=1))
+    buffer = io.BytesIO()
+    np.savez(buffer, inliers=scores_in, outliers=scores_out)
+    atomic_write_bytes(out / "scores.npz", buffer.getvalue())
+    plot_outlier_curves({model.spec: curve}, out / "outliers.png", title=f"inliers {inlier_text} vs outliers {outlier_text}")
+    middle = curve["c"].index(0.0)
+    print(f"{model.spec}: {len(scores_in)} inliers ({inlier_text}) vs {len(scores_out)} outliers ({outlier_text})")
+    print(f"  AUROC {curve['auroc']:.4f}; at c=0: {curve['inliers_accepted'][middle]:.1%} of inliers accepted, "
+          f"{curve['outliers_rejected'][middle]:.1%} of outliers rejected")
+    print(f"  written to {out / 'outliers.json'}, {out / 'outliers.png'}, {out / 'scores.npz'}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .outliers import image_scores, is_inlier
+
+    model = _load_model_for(args)
+    images = load_npy(args.npy)
+    if args.raw:
+        scores = model.log_likelihoods(images, args.batch_size)[-1].per_image
+        what = "top-layer log-likelihood (nats)"
+    else:
+        scores = image_scores(model, images, args.batch_size)
+        what = "standardised top-layer log-likelihood z"
+    atomic_write_bytes(Path(args.out), _npy_bytes(scores.astype(np.float64)))
+    print(f"{len(scores)} scores ({what}; higher = more typical) -> {args.out}")
+    print(f"  min {scores.min():.3f}  median {np.median(scores):.3f}  max {scores.max():.3f}")
+    if not args.raw:
+        print(f"  outliers at c={args.c:g} (score < {0.0 - args.c:g}): {int((~is_inlier(scores, args.c)).sum())} of {len(scores)}")
+    return 0
+
+
+def cmd_inpaint(args) -> int:
+    from .inpainting import inpaint
+    from .plots import plot_inpainting
+
+    device = _device(args.device)
+    model = load_model(args.model, device=device)
+    damaged = load_npy(args.npy)
+    mask = None if args.mask is None else _load_mask(args.mask)
+    clean = load_npy(args.clean) if args.clean else None
+    if clean is not None and clean.shape != damaged.shape:
+        raise InputError(f"--clean has shape {clean.shape} but the damaged images have {damaged.shape}")
+    start = time.perf_counter()
+    result = inpaint(
+        model, damaged, mask=mask, c=args.c, coverage=args.coverage, top_s=None if args.S == 0 else args.S,
+        marginalize=args.marginalize, sharpening=_sharpening(args), generator=_generator(args, device), progress=not args.quiet,
+    )
+    seconds = time.perf_counter() - start
+    out = Path(args.out)
+    atomic_write_bytes(out / "inpainted.npy", _npy_bytes(result.images))
+    atomic_write_bytes(out / "replaced.npy", _npy_bytes(result.masks))
+    how = "given mask" if mask is not None else f"located by the model, c={args.c:g}"
+    plot_inpainting(damaged, result.masks, result.images, out / "inpainting.png", clean=clean, title=f"{model.spec}: in-painting, damage {how}")
+    print(f"{len(damaged)} images in-painted in {seconds:.1f} s ({how}); {result.masks.mean():.1%} of pixels replaced")
+    if clean is not None:
+        report = {"n_images": len(damaged), "replaced_fraction": float(result.masks.mean()),
+                  "mse_all_pixels": float(((result.images - clean) ** 2).mean()),
+                  "mse_damaged_input": float(((damaged - clean) ** 2).mean())}
+        atomic_write_text(out / "inpainting.json", json.dumps(report, indent=1))
+        print(f"  mean squared error against --clean: {report['mse_all_pixels']:.4f} (damaged input: {report['mse_damaged_input']:.4f})")
+    print(f"  written to {out / 'inpainted.npy'}, {out / 'replaced.npy'}, {out / 'inpainting.png'}")
+    return 0
+
+
+def _load_mask(path: str) -> np.ndarray:
+    if not Path(path).is_file():
+        raise InputError(f"--mask {path} does not exist: pass a .npy of booleans (N, H, W) or (H, W)")
+    try:
+        mask = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"--mask {path} is not a readable .npy array ({exc})") from None
+    if mask.dtype != bool and not (np.issubdtype(mask.dtype, np.number) and np.isin(mask, (0, 1)).all()):
+        raise InputError(f"--mask {path} must hold booleans or 0/1 values; got dtype {mask.dtype}")
+    return mask.astype(bool)
+
+
+def cmd_occlude(args) -> int:
+    from .inpainting import occlude
+
+    images, _ = _load_images(args, args.split)
+    if args.n < 1:
+        raise InputError(f"--n must be at least 1; got {args.n}")
+    images = images[: args.n]
+    low, high = _size_range(args.size)
+    fill = args.fill if args.fill == "noise" else _fill_value(args.fill)
+    damaged, masks = occlude(images, size=(low, high), fill=fill, seed=args.seed)
+    out = Path(args.out)
+    for name, array in (("damaged", damaged), ("mask", masks), ("clean", images)):
+        atomic_write_bytes(out / f"{name}.npy", _npy_bytes(array))
+    print(f"{len(images)} images with one {low}-{high} px square ({args.fill}) -> {out}/damaged.npy, mask.npy, clean.npy")
+    return 0
+
+
+def _size_range(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.split("-")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise InputError(f"--size takes a side or a range like 10-14 (pixels); got {text!r}")
+    return parts[0], parts[-1]
+
+
+def _fill_value(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"--fill takes 'noise' or a number such as 0.5; got {text!r}") from None
+
+
 def cmd_data_fetch(args) -> int:
     folder = fetch(args.name, data_dir=args.data_dir, verbose=True)
     for split in ("train", "test"):
@@ -303,6 +497,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-template", type=int, default=8, help="variants per template (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for variants.npy (N, per-template, H, W, C) and variants.png")
     p.set_defaults(func=cmd_variants)
+
+    p = sub.add_parser("stats", help="compute a model's outlier statistics over its training data", description="Streaming mean and variance of every GMM layer's log-likelihood at every position (paper Eq. 6), saved into the model file. `dcgmm train` does this itself.")
+    p.add_argument("--model", required=True, help="run folder (or model file)")
+    _add_data_options(p)
+    p.add_argument("--split", default="train", choices=["train", "test"], help="default: %(default)s")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("outliers", help="outlier-detection curve and AUROC of inliers against outliers", description="Score inlier and outlier images with the top GMM layer (Eq. 6), sweep c over [-2, 2] and write a Fig. 3-style curve, the AUROC (JSON) and the scores.")
+    p.add_argument("--model", required=True, help="run folder (or model file) with outlier statistics")
+    for side, example in (("inliers", "0-4"), ("outliers", "5-9")):
+        p.add_argument(f"--{side}-dataset", choices=sorted(DATASETS) + ["fashion"], help=f"named dataset of the {side}")
+        p.add_argument(f"--{side}-classes", help=f"class subset of --{side}-dataset, e.g. {example}")
+        p.add_argument(f"--{side}-npy", help=f"or: the {side} as a .npy of images")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="split of the named datasets (default: %(default)s)")
+    p.add_argument("--data-dir", help="folder holding the four standard IDX files")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder for outliers.json, outliers.png and scores.npz")
+    p.set_defaults(func=cmd_outliers)
+
+    p = sub.add_parser("score", help="per-image typicality scores", description="Standardised top-layer log-likelihood of every image (higher = more typical); an image is an outlier at c iff its score < -c (Eq. 6).")
+    p.add_argument("--model", required=True, help="run folder (or model file)")
+    p.add_argument("--npy", required=True, help="images, (N, H, W) or (N, H, W, C) .npy")
+    p.add_argument("--out", required=True, help="scores as a (N,) float64 .npy")
+    p.add_argument("--raw", action="store_true", help="write the top layer's log-likelihood in nats instead (needs no statistics)")
+    p.add_argument("--c", type=float, default=0.0, help="report how many images are outliers at this c (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("inpaint", help="in-paint damaged images; the model finds the damage itself", description="In-painting (paper Sec. III-B5): the outlier maps of the lower GMM layers locate the damage (or --mask gives it), sampling from the top replaces only that region.")
+    add_sampling_options(p, default_s=1)
+    p.set_defaults(sharpen=False)
+    p.add_argument("--npy", required=True, help="damaged images, (N, H, W) or (N, H, W, C) .npy")
+    p.add_argument("--mask", help="optional .npy of booleans (N, H, W) or (H, W): the damaged pixels; default: found by the model")
+    p.add_argument("--c", type=float, default=INPAINT_C, help="c of Eq. 6 for the outlier maps; larger replaces less (default: %(default)s)")
+    p.add_argument("--coverage", type=float, default=0.5, help="replace a pixel when this fraction of the windows over it are outliers (default: %(default)s)")
+    p.add_argument("--marginalize", action=argparse.BooleanOptionalAction, default=True, help="compute responsibilities with the replaced pixels marginalised out (default: on)")
+    p.add_argument("--clean", help="optional .npy of the undamaged images: report the error and show them")
+    p.add_argument("--out", required=True, help="folder for inpainted.npy, replaced.npy, inpainting.png")
+    p.set_defaults(func=cmd_inpaint)
+
+    p = sub.add_parser("occlude", help="damage images with a random square (test data for inpaint)", description="Cut one random square per image and fill it with noise or a constant; writes damaged.npy, mask.npy and clean.npy.")
+    _add_data_options(p)
+    p.add_argument("--split", default="test", choices=["train", "test"], help="default: %(default)s")
+    p.add_argument("--n", type=int, default=100, help="number of images (default: %(default)s)")
+    p.add_argument("--size", default="10-14", help="square side in pixels, or a range (default: %(default)s)")
+    p.add_argument("--fill", default="noise", help="'noise' (uniform) or a constant like 0.5 (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--out", required=True, help="folder for damaged.npy, mask.npy, clean.npy")
+    p.set_defaults(func=cmd_occlude)
 
     p = sub.add_parser("data", help="dataset utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)

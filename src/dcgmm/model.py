@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import as_images
 from .errors import InputError
 from .layers import GMM, Classifier
 from .layers.gmm import responsibilities
@@ -27,10 +28,14 @@ class ModelConfig:
     """Smallest variance of any GMM component (precision bound 1/floor = 20 as in the authors' code)."""
     mu_init: float = 0.01
     """GMM centroids start uniform in [-mu_init, mu_init] (paper Sec. III-B1)."""
+    value_range: tuple[float, float] | None = None
+    """(min, max) pixel value of the training data, set by the trainer; inputs far outside it are refused."""
 
     def __post_init__(self):
         self.spec = resolve(self.spec)
         self.input_shape = tuple(int(s) for s in self.input_shape)
+        if self.value_range is not None:
+            self.value_range = (float(self.value_range[0]), float(self.value_range[1]))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +72,8 @@ class DCGMM(nn.Module):
         self.layers = nn.ModuleList(
             build_layers(config.spec, config.input_shape, config.variance_floor, config.mu_init)
         )
+        self.statistics = None
+        """Outlier statistics (:class:`dcgmm.outliers.OutlierStatistics`), once computed; saved with the model."""
 
     @classmethod
     def from_spec(cls, spec: str, input_shape=(28, 28, 1), **options) -> "DCGMM":
@@ -103,8 +110,19 @@ class DCGMM(nn.Module):
                 f"this model takes images of shape (N, {h}, {w}, {c}); got {tuple(x.shape)}. "
                 f"Resize the images or train a model for this size"
             )
+        if len(x) == 0:
+            raise InputError(f"no images given (shape {tuple(x.shape)}): pass at least one image")
         if not torch.isfinite(x).all():
             raise InputError("images contain NaN or inf values: clean or drop them first")
+        if self.config.value_range is not None:
+            low, high = self.config.value_range
+            span = max(high - low, 1e-6)
+            seen_low, seen_high = float(x.min()), float(x.max())
+            if seen_low < low - span or seen_high > high + span:
+                raise InputError(
+                    f"images have values in [{seen_low:g}, {seen_high:g}], far outside [{low:g}, {high:g}] of this "
+                    f"model's training data: scale them the same way (e.g. uint8 bytes / 255 for [0, 1])"
+                )
 
     # ------------------------------------------------------------------------------------------ estimation
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -119,45 +137,69 @@ class DCGMM(nn.Module):
         return outputs
 
     @torch.no_grad()
-    def log_likelihoods(self, images: np.ndarray | torch.Tensor, batch_size: int = 500) -> list[LayerLikelihood]:
+    def estimate(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
+        """Estimation up to the top GMM layer, keeping each GMM layer's log-likelihood per position.
+
+        ``x``: one batch of images ``(N, H, W, C)`` on the model's device (not checked).
+
+        Returns the outputs of the layers up to and including the top GMM layer (a classifier above it is
+        skipped) and ``{index: log p}`` with ``log p`` of shape (N, H', W') for every GMM layer.
+        """
+        gmm_index = [i for i, _ in self.gmm_layers()]
+        outputs, log_p = [], {}
+        for i, layer in enumerate(self.layers[: gmm_index[-1] + 1]):
+            if isinstance(layer, GMM):
+                log_joint = layer.log_joint(x)
+                log_p[i] = torch.logsumexp(log_joint, dim=-1)
+                x = responsibilities(log_joint)
+            else:
+                x = layer(x)
+            outputs.append(x)
+        return outputs, log_p
+
+    def batches(self, images, batch_size: int = 500) -> Iterator[torch.Tensor]:
+        """Checked float32 batches of ``images`` on the model's device.
+
+        ``images``: array, memmap or tensor ``(N, H, W, C)``; only one batch at a time is read into memory,
+        so a memory-mapped ``.npy`` larger than RAM works. Arrays go through :func:`dcgmm.data.as_images`
+        (uint8 is scaled to [0, 1], ``(N, H, W)`` gets a channel axis).
+        """
+        if batch_size < 1:
+            raise InputError(f"batch size must be at least 1; got {batch_size}")
+        if len(images) == 0:
+            raise InputError("no images given: pass at least one image")
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            if not isinstance(chunk, torch.Tensor):  # a copy: memory-mapped batches are read-only
+                chunk = torch.from_numpy(as_images(np.array(chunk)))
+            x = chunk.to(self.device, torch.float32)
+            self.check_images(x)
+            yield x
+
+    @torch.no_grad()
+    def log_likelihoods(self, images, batch_size: int = 500) -> list[LayerLikelihood]:
         """Exact log-likelihood (log-sum-exp) of every GMM layer at every position.
 
         Parameters
         ----------
-        images : array, shape (N, H, W, C), float.
+        images : array, memmap or tensor, shape (N, H, W, C), float.
 
         Returns
         -------
         One :class:`LayerLikelihood` per GMM layer, bottom to top, each with ``per_position`` (N, H', W').
         """
-        images = torch.as_tensor(images)
-        self.check_images(images)
-        gmm_index = [i for i, _ in self.gmm_layers()]
-        chunks: dict[int, list[np.ndarray]] = {i: [] for i in gmm_index}
-        device = self.device
-        for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(device, torch.float32)
-            for i, layer in enumerate(self.layers):
-                if isinstance(layer, GMM):
-                    log_joint = layer.log_joint(x)
-                    chunks[i].append(torch.logsumexp(log_joint, dim=-1).cpu().numpy())
-                    x = responsibilities(log_joint)
-                elif i < gmm_index[-1]:
-                    x = layer(x)
-        return [LayerLikelihood(i, self.layers[i].spec(), np.concatenate(chunks[i])) for i in gmm_index]
+        chunks: dict[int, list[np.ndarray]] = {i: [] for i, _ in self.gmm_layers()}
+        for x in self.batches(images, batch_size):
+            for i, value in self.estimate(x)[1].items():
+                chunks[i].append(value.cpu().numpy())
+        return [LayerLikelihood(i, self.layers[i].spec(), np.concatenate(chunks[i])) for i in chunks]
 
     @torch.no_grad()
-    def predict(self, images: np.ndarray | torch.Tensor, batch_size: int = 500) -> np.ndarray:
+    def predict(self, images, batch_size: int = 500) -> np.ndarray:
         """Class predictions of the top classifier, shape (N,); needs a C(n) layer."""
         if self.classifier is None:
             raise InputError(f"model {self.spec!r} has no classifier layer C(n): add one to the spec to predict classes")
-        images = torch.as_tensor(images)
-        self.check_images(images)
-        preds = []
-        for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(self.device, torch.float32)
-            preds.append(self.forward(x)[-1].reshape(len(x), -1).argmax(1).cpu().numpy())
-        return np.concatenate(preds)
+        return np.concatenate([self.forward(x)[-1].reshape(len(x), -1).argmax(1).cpu().numpy() for x in self.batches(images, batch_size)])
 
     # ------------------------------------------------------------------------------------------ sampling
     def sample(self, n: int, top_s: int | None = 1, **options) -> torch.Tensor:

@@ -114,3 +114,52 @@ def plot_samples(images, path: str | Path, ncols: int = 10, title: str | None = 
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, Path(path))
+
+
+def plot_outlier_curves(curves: dict[str, dict], path: str | Path, title: str | None = None) -> Path:
+    """Fig. 3-style curves: for c swept over [-2, 2], inliers accepted against outliers rejected.
+
+    ``curves``: {label: result of :func:`dcgmm.outliers.outlier_curve`}; the legend shows each AUROC.
+    """
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    for label, curve in curves.items():
+        ax.plot(curve["outliers_rejected"], curve["inliers_accepted"], marker=".", markersize=4, label=f"{label} (AUROC {curve['auroc']:.3f})")
+    ax.plot([0, 1], [1, 0], color="grey", lw=0.8, ls=":", label="chance")
+    ax.set(xlabel="outliers rejected", ylabel="inliers accepted", xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.set_title(title or "outlier detection, c from -2 (left) to 2", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, Path(path))
+
+
+def plot_inpainting(damaged, masks, inpainted, path: str | Path, clean=None, n: int = 10, title: str | None = None) -> Path:
+    """Columns of examples; rows: damaged input, replaced pixels (red), in-painted, and the clean image if given.
+
+    ``damaged``, ``inpainted``, ``clean``: (N, H, W, C); ``masks``: bool (N, H, W).
+    """
+    damaged, inpainted, masks = np.asarray(damaged), np.asarray(inpainted), np.asarray(masks)
+    n = min(n, len(damaged))
+    rows = [("damaged", damaged[:n]), ("replaced", None), ("in-painted", inpainted[:n])]
+    if clean is not None:
+        rows.append(("clean", np.asarray(clean)[:n]))
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 0.95 + 0.3), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r, i]
+            if images is None:
+                grey = np.clip(damaged[i].mean(-1), 0, 1)
+                overlay = np.stack([grey, grey, grey], -1) * 0.6
+                overlay[masks[i]] = (1.0, 0.15, 0.15)
+                ax.imshow(overlay, interpolation="nearest")
+            elif images.shape[-1] == 3:
+                ax.imshow(np.clip(images[i], 0, 1), interpolation="nearest")
+            else:
+                ax.imshow(images[i, ..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(label, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.2)
+    return _save(fig, Path(path))

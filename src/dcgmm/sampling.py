@@ -88,7 +88,14 @@ def log_likelihood_gradient(gmm: GMM, h: torch.Tensor, coefficients: tuple) -> t
     return (grad / (height * width * d)).reshape(h.shape)
 
 
-def sharpen(model: DCGMM, signal: torch.Tensor, index: int, sharpening: Sharpening, progress: bool = False) -> torch.Tensor:
+def sharpen(
+    model: DCGMM,
+    signal: torch.Tensor,
+    index: int,
+    sharpening: Sharpening,
+    progress: bool = False,
+    fixed: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Gradient ascent on the downward signal of Folding/Pooling layer ``index``.
 
     The objective, per image, is the log-likelihood of the GMM layer above ``index`` averaged over its
@@ -98,6 +105,9 @@ def sharpen(model: DCGMM, signal: torch.Tensor, index: int, sharpening: Sharpeni
     Parameters
     ----------
     signal : tensor, shape (N, *model.layers[index].in_shape) — what layer ``index`` sent down.
+
+    fixed : optional (mask, values), both broadcastable to the signal: entries where ``mask`` is True stay
+        at ``values`` (in-painting sharpens only the replaced pixels).
 
     Returns
     -------
@@ -112,6 +122,8 @@ def sharpen(model: DCGMM, signal: torch.Tensor, index: int, sharpening: Sharpeni
     with torch.no_grad():
         coefficients = tuple(t.detach() for t in gmm.coefficients())
     x = signal.detach().clone()
+    if fixed is not None:
+        x = torch.where(fixed[0], fixed[1], x)
     steps = range(sharpening.steps)
     if progress:
         steps = tqdm(steps, desc=f"sharpening layer {index}", leave=False, dynamic_ncols=True)
@@ -133,6 +145,8 @@ def sharpen(model: DCGMM, signal: torch.Tensor, index: int, sharpening: Sharpeni
                 grad_h = log_likelihood_gradient(gmm, h.detach(), coefficients)
                 (grad,) = torch.autograd.grad(h, x, grad_h)
         x = (x + sharpening.rate * grad).detach()
+        if fixed is not None:
+            x = torch.where(fixed[0], fixed[1], x)
     return x
 
 

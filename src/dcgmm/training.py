@@ -137,6 +137,8 @@ class Trainer:
         self.device = torch.device(device)
         self.images = torch.as_tensor(images)
         model.check_images(self.images[:1])
+        if model.config.value_range is None:
+            model.config.value_range = (float(self.images.min()), float(self.images.max()))
         if len(self.images) < config.batch_size:
             raise InputError(f"{len(self.images)} training images are fewer than one batch of {config.batch_size}: lower --batch-size")
         self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -242,6 +244,7 @@ class Trainer:
         """Train until ``config.epochs``; call ``on_epoch_end(self)`` after every epoch (e.g. to checkpoint)."""
         c = self.config
         self.model.train()
+        self.model.statistics = None  # outlier statistics describe the old parameters; recompute after training
         # responsibilities far below 1e-38 are subnormal floats, which make CPU arithmetic up to 10x slower;
         # flushing them to zero changes no result that matters (they are exp of less than -87)
         torch.set_flush_denormal(True)

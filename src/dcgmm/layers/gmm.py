@@ -181,6 +181,22 @@ class GMM(Layer):
         coefficients = self.coefficients() if coefficients is None else coefficients
         return self._log_joint_flat(self._flat(x), *coefficients).reshape(*x.shape[:3], self.n_components)
 
+    def marginal_log_joint(self, x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """log(pi_k N_k(x_o)) over the known input dimensions o only (missing ones marginalised out).
+
+        With diagonal covariances, marginalising a dimension drops its factor from N_k, so this is the log
+        joint summed over the known dimensions; a position with no known dimension gets log pi_k.
+        ``x``, ``known`` (bool or 0/1): (N, H, W, D) -> (N, H, W, K).
+        """
+        flat = self._flat(x)
+        mask = known.reshape(flat.shape).to(flat.dtype)
+        log_tau = self.log_precisions  # [K, D]
+        tau, mu = torch.exp(log_tau), self.centroids
+        per_dim = 0.5 * (log_tau - math.log(2 * math.pi) - tau * mu * mu)  # [K, D]
+        observed = mask * flat
+        out = (observed * flat) @ (-0.5 * tau).t() + observed @ (tau * mu).t() + mask @ per_dim.t() + self.log_weights
+        return out.reshape(*x.shape[:3], self.n_components)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Responsibilities softmax_k(log pi_k + log N_k(x)) (Eq. 4): ``(N, H, W, D)`` -> ``(N, H, W, K)``."""
         return responsibilities(self.log_joint(x))

@@ -1,0 +1,196 @@
+"""In-painting that finds the damage itself (paper Sec. III-B5, Eqs. 7-10).
+
+A corrupted image is forwarded in estimation mode. Sampling then starts at the top GMM layer O from its
+responsibilities A^(O) (Eq. 9) and runs down the stack as in :mod:`dcgmm.sampling`, except that every lower
+GMM layer L fuses the signal T^(L) from above with its own forward activities A^(L) (Eq. 10): it keeps
+A^(L) at positions that are inliers and takes T^(L) at positions that are outliers. The outliers are
+found by Eq. 6 with the statistics of :mod:`dcgmm.outliers`, so the model locates the damage on its own;
+a mask given by the user replaces that search.
+
+At the pixels, the known part is clamped (Eq. 8: x1 is kept): the result equals the input outside the
+replaced region. The replaced region is the lowest GMM layer's outlier map carried down to the pixels
+(:func:`dcgmm.outliers.pixel_map`): a pixel is replaced when at least ``coverage`` of the windows that
+cover it are outliers. With sharpening, the gradient ascent below the lowest Folding layer moves only the
+replaced pixels and keeps the others at their input values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .layers import GMM, Folding, Pooling
+from .layers.gmm import responsibilities
+from .model import DCGMM
+from .outliers import pixel_map, position_mask, require_statistics
+from .sampling import Sharpening, _batches, _check_top_s, _top_gmm, sharpen
+
+
+@dataclass
+class Inpainted:
+    """The result of :func:`inpaint`."""
+
+    images: np.ndarray
+    """In-painted images, shape (N, H, W, C); equal to the input outside ``masks``."""
+    masks: np.ndarray
+    """Replaced pixels, bool (N, H, W): the located damage (or the given mask)."""
+    position_masks: dict[int, np.ndarray]
+    """Outlier positions used in Eq. 10, bool (N, H', W') for every GMM layer below the top."""
+
+
+def _as_batch_tensor(array, dtype, device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(array), dtype=dtype, device=device)
+
+
+def estimate_missing(model: DCGMM, x: torch.Tensor, missing: torch.Tensor) -> list[torch.Tensor]:
+    """Estimation with the ``missing`` pixels marginalised out, up to the top GMM layer.
+
+    Every GMM layer computes its responsibilities from the known dimensions of its input only
+    (:meth:`GMM.marginal_log_joint`), which gives p(z | x1) of Eq. 8 at the lowest layer. A position whose
+    input has no known dimension counts as missing in the layer above; Folding and Pooling carry the
+    known/missing flags along with the signal.
+
+    ``x``: (N, H, W, C); ``missing``: bool (N, H, W). Returns the output of every layer up to the top GMM.
+    """
+    known = (~missing)[..., None].to(x.dtype).expand(x.shape)
+    outputs = []
+    for layer in model.layers[: _top_gmm(model) + 1]:
+        if isinstance(layer, GMM):
+            x = responsibilities(layer.marginal_log_joint(x, known))
+            known = known.amax(-1, keepdim=True).expand(x.shape)
+        else:
+            x, known = layer(x), layer(known)
+        outputs.append(x)
+    return outputs
+
+
+@torch.no_grad()
+def inpaint(
+    model: DCGMM,
+    images,
+    mask=None,
+    c: float = 2.0,
+    coverage: float = 0.5,
+    top_s: int | None = 1,
+    marginalize: bool = True,
+    noise: float = 0.0,
+    sharpening: Sharpening | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int = 500,
+    progress: bool = False,
+) -> Inpainted:
+    """Complete corrupted images, locating the corruption with the outlier maps unless ``mask`` is given.
+
+    Parameters
+    ----------
+    images : array or tensor, shape (N, H, W, C), the corrupted images.
+    mask : optional bool array (N, H, W) or (H, W): True marks damaged pixels. Without it the model finds
+        them: positions with ``z < -c`` in every GMM layer below the top are outliers (Eq. 6).
+    c : the c of Eq. 6 for the outlier maps (larger: fewer positions count as damaged).
+    coverage : a pixel is replaced when at least this fraction of the lowest GMM layer's windows over it
+        are outliers.
+    top_s : top-S restriction of every component choice (1: the most responsible component).
+    marginalize : compute the activities A that sampling starts from (Eq. 9) and keeps at inliers (Eq. 10)
+        with the replaced pixels marginalised out (:func:`estimate_missing`), i.e. from p(z | x1) as in
+        Eq. 8. False: from the corrupted image as it is, as the paper describes for DCGMMs.
+
+    Returns
+    -------
+    :class:`Inpainted` with the images, the replaced pixels and the outlier positions.
+    """
+    _check_top_s(top_s)
+    if not 0 < coverage <= 1:
+        raise InputError(f"coverage must lie in (0, 1]; got {coverage}")
+    gmm_index = [i for i, _ in model.gmm_layers()]
+    top = _top_gmm(model)
+    lower = gmm_index[:-1]
+    if mask is None:
+        stats = require_statistics(model)
+        if not lower:
+            raise InputError(
+                f"{model.spec} has a single GMM layer, which cannot localise damage: pass a mask, or use a model "
+                "with a GMM layer below the top (e.g. 2L-c)"
+            )
+    else:
+        mask = np.asarray(mask)
+        if mask.ndim == 2:
+            mask = np.broadcast_to(mask, (len(images), *mask.shape))
+        if mask.shape != (len(images), *model.input_shape[:2]):
+            raise InputError(f"the mask must have shape (N, H, W) = {(len(images), *model.input_shape[:2])} or (H, W); got {mask.shape}")
+    device = model.device
+    out_images, out_masks, out_positions = [], [], {i: [] for i in lower}
+    batches = zip(_batches(len(images), batch_size), model.batches(images, batch_size))
+    for (begin, end), x in batches:
+        outputs, log_p = model.estimate(x)
+        if mask is None:
+            positions = {
+                i: torch.as_tensor(stats.layers[i].zscores(log_p[i].cpu().numpy()) < -c, device=device) for i in lower
+            }
+            pixels = pixel_map(model, lower[0], positions[lower[0]]) >= coverage
+        else:
+            pixels = _as_batch_tensor(mask[begin:end], torch.bool, device)
+            positions = {i: position_mask(model, i, pixels) for i in lower}
+        if marginalize:
+            outputs = estimate_missing(model, x, pixels)
+        control = outputs[top]
+        for index in range(top, -1, -1):
+            layer = model.layers[index]
+            if isinstance(layer, GMM):
+                if index != top:  # Eq. 10: keep the forward activity at inlier positions
+                    control = torch.where(positions[index][..., None], control, outputs[index])
+                control = layer.sample(control, top_s=top_s, noise=noise, generator=generator)
+            else:
+                control = layer.sample(control)
+                if sharpening is not None and isinstance(layer, (Folding, Pooling)):
+                    fixed = (~pixels[..., None], x) if index == 0 else None
+                    control = sharpen(model, control, index, sharpening, progress, fixed=fixed)
+        result = torch.where(pixels[..., None], control, x)
+        out_images.append(result.cpu().numpy())
+        out_masks.append(pixels.cpu().numpy())
+        for i in lower:
+            out_positions[i].append(positions[i].cpu().numpy())
+    return Inpainted(
+        np.concatenate(out_images), np.concatenate(out_masks), {i: np.concatenate(v) for i, v in out_positions.items()}
+    )
+
+
+def occlude(
+    images: np.ndarray,
+    size: tuple[int, int] = (10, 14),
+    fill: str | float = "noise",
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Damage every image with one random square, for testing in-painting.
+
+    Parameters
+    ----------
+    images : (N, H, W, C) float.
+    size : the square's side is drawn uniformly from ``size[0]..size[1]`` pixels; its position uniformly
+        such that it lies inside the image.
+    fill : ``"noise"`` (uniform in the images' value range) or a constant value.
+
+    Returns
+    -------
+    (damaged images (N, H, W, C), bool masks (N, H, W) of the damaged pixels).
+    """
+    images = np.asarray(images, dtype=np.float32)
+    n, h, w, ch = images.shape
+    if not 1 <= size[0] <= size[1] <= min(h, w):
+        raise InputError(f"square sizes {size} do not fit {h}x{w} images")
+    if fill != "noise" and not isinstance(fill, (int, float)):
+        raise InputError(f"fill must be 'noise' or a number; got {fill!r}")
+    squares, noise = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])  # same squares for every fill
+    low, high = float(images.min()), float(images.max())
+    damaged, masks = images.copy(), np.zeros((n, h, w), dtype=bool)
+    for i in range(n):
+        side = int(squares.integers(size[0], size[1] + 1))
+        top, left = int(squares.integers(0, h - side + 1)), int(squares.integers(0, w - side + 1))
+        masks[i, top : top + side, left : left + side] = True
+        if fill == "noise":
+            damaged[i, top : top + side, left : left + side] = noise.uniform(low, high, (side, side, ch))
+        else:
+            damaged[i, top : top + side, left : left + side] = float(fill)
+    return damaged, masks

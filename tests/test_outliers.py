@@ -1,0 +1,294 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dcgmm import DCGMM, PRESETS, InputError, TrainConfig, Trainer, load_model, save_model
+from dcgmm.cli import main
+from dcgmm.inpainting import estimate_missing, inpaint, occlude
+from dcgmm.outliers import (
+    STD_FLOOR,
+    RunningMoments,
+    fit_statistics,
+    image_scores,
+    is_inlier,
+    outlier_curve,
+    outlier_maps,
+    pixel_map,
+    position_mask,
+    zscores,
+)
+
+SMALL = "F(4,4,2,2) G(9) F(3,3,1,1) G(4)"
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """A small two-layer model trained on the 8x8 digits 0-4, with outlier statistics over its training data."""
+    images, labels = digits
+    train = images[labels < 5]
+    model = DCGMM.from_spec(SMALL, input_shape=(8, 8, 1))
+    Trainer(model, TrainConfig(epochs=8, batch_size=50, window=10), train).fit(progress=False)
+    fit_statistics(model, train, source="digits 0-4")
+    return model, train
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def test_running_moments_equal_numpy_and_do_not_depend_on_batching():
+    rng = np.random.default_rng(0)
+    data = rng.normal(3.0, 2.0, (1000, 4, 5))
+    one_shot = RunningMoments((4, 5))
+    one_shot.update(data)
+    np.testing.assert_allclose(one_shot.mean, data.mean(0), rtol=1e-13)
+    np.testing.assert_allclose(one_shot.variance, data.var(0), rtol=1e-12)  # population variance, ddof = 0
+    streamed = RunningMoments((4, 5))
+    for chunk in np.array_split(data, [1, 7, 300, 301, 999]):  # uneven batches, one of size 1
+        streamed.update(chunk)
+    assert streamed.count == 1000
+    np.testing.assert_allclose(streamed.mean, one_shot.mean, rtol=1e-13)
+    np.testing.assert_allclose(streamed.variance, one_shot.variance, rtol=1e-11)
+
+
+def test_running_moments_are_stable_for_a_large_offset():
+    rng = np.random.default_rng(1)
+    small = rng.normal(0.0, 1e-3, (5000, 3))
+    moments = RunningMoments((3,))
+    for chunk in np.array_split(1e8 + small, 50):
+        moments.update(chunk)
+    # E[x^2] - E[x]^2 in float64 would lose every digit here (1e16 vs a variance of 1e-6)
+    np.testing.assert_allclose(moments.variance, small.var(0), rtol=1e-5)
+    with pytest.raises(InputError, match="no data"):
+        RunningMoments((2,)).variance
+
+
+def test_fit_statistics_equals_numpy_over_the_log_likelihoods(trained, tmp_path):
+    model, train = trained
+    stats = model.statistics
+    for layer in model.log_likelihoods(train):
+        np.testing.assert_allclose(stats.layers[layer.layer].mean, layer.per_position.astype(np.float64).mean(0), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(stats.layers[layer.layer].variance, layer.per_position.astype(np.float64).var(0), rtol=1e-5, atol=1e-6)
+        assert stats.layers[layer.layer].count == len(train)
+    # streaming in batches of 7 from a memory-mapped file gives the same statistics
+    np.save(tmp_path / "train.npy", train)
+    mapped = np.load(tmp_path / "train.npy", mmap_mode="r")
+    copy = DCGMM.from_spec(SMALL, input_shape=(8, 8, 1))
+    copy.load_state_dict(model.state_dict())
+    streamed = fit_statistics(copy, mapped, batch_size=7)
+    for index, layer_stats in stats.layers.items():
+        np.testing.assert_allclose(streamed.layers[index].mean, layer_stats.mean, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(streamed.layers[index].variance, layer_stats.variance, rtol=1e-7, atol=1e-9)
+
+
+def test_statistics_are_saved_with_the_model_and_dropped_by_training(trained, tmp_path):
+    model, train = trained
+    save_model(model, tmp_path)
+    loaded = load_model(tmp_path)
+    assert loaded.statistics.source == "digits 0-4"
+    for index, layer_stats in model.statistics.layers.items():
+        assert np.array_equal(loaded.statistics.layers[index].mean, layer_stats.mean)
+        assert np.array_equal(loaded.statistics.layers[index].variance, layer_stats.variance)
+    np.testing.assert_array_equal(image_scores(loaded, train[:20]), image_scores(model, train[:20]))
+    fresh = DCGMM.from_spec(SMALL, input_shape=(8, 8, 1))
+    fresh.statistics = loaded.statistics
+    Trainer(fresh, TrainConfig(epochs=1, batch_size=50), train).fit(progress=False)
+    assert fresh.statistics is None  # the parameters changed: the old statistics no longer describe them
+    with pytest.raises(InputError, match="no outlier statistics.*dcgmm stats"):
+        image_scores(fresh, train[:5])
+
+
+# ---------------------------------------------------------------------------------------------- decisions
+def test_threshold_is_equation_six(trained):
+    model, train = trained
+    top = model.statistics.layers[model.statistics.top]
+    raw = model.log_likelihoods(train[:200])[-1].per_position
+    scores = image_scores(model, train[:200])
+    for c in (-2.0, -0.5, 0.0, 1.0, 2.0):
+        bound = top.mean - c * np.sqrt(np.maximum(top.variance, STD_FLOOR**2))  # B of Eq. 6, computed by hand
+        np.testing.assert_array_equal(is_inlier(scores, c), raw[:, 0, 0] >= bound[0, 0] - 1e-9 * abs(bound[0, 0]))
+        np.testing.assert_allclose(top.bound(c), bound)
+    accepted = [is_inlier(scores, c).mean() for c in np.linspace(-2, 2, 9)]
+    assert accepted == sorted(accepted)  # a larger c is less restrictive
+
+
+def test_image_score_of_a_multi_position_top_layer_is_its_worst_position(digits):
+    images, _ = digits
+    model = DCGMM.from_spec("F(4,4,2,2) G(6)", input_shape=(8, 8, 1))
+    Trainer(model, TrainConfig(epochs=2, batch_size=50), images).fit(progress=False)
+    fit_statistics(model, images)
+    z = zscores(model, images[:30])[1]
+    assert z.shape == (30, 3, 3)
+    np.testing.assert_array_equal(image_scores(model, images[:30]), z.reshape(30, -1).min(1))
+
+
+def test_outlier_curve_auroc_equals_a_pairwise_count():
+    rng = np.random.default_rng(2)
+    inliers, outliers = rng.normal(0.5, 1, 300), rng.normal(-0.5, 1, 200)
+    outliers[:10] = inliers[:10]  # some ties
+    curve = outlier_curve(inliers, outliers)
+    pairs = (inliers[:, None] > outliers[None, :]).mean() + 0.5 * (inliers[:, None] == outliers[None, :]).mean()
+    assert curve["auroc"] == pytest.approx(pairs, abs=1e-12)
+    assert curve["c"][0] == -2.0 and curve["c"][-1] == 2.0 and len(curve["c"]) == 41
+    assert curve["inliers_accepted"] == sorted(curve["inliers_accepted"])
+    assert curve["outliers_rejected"] == sorted(curve["outliers_rejected"], reverse=True)
+    assert curve["inliers_accepted"][20] == pytest.approx((inliers >= 0).mean())
+    with pytest.raises(InputError, match="at least one"):
+        outlier_curve(inliers, [])
+
+
+@pytest.mark.parametrize("arch", list(PRESETS))
+def test_map_shapes_for_every_table_one_architecture(arch):
+    model = DCGMM.from_spec(arch)
+    images = torch.rand(6, 28, 28, 1).numpy()
+    fit_statistics(model, images)
+    maps = outlier_maps(model, images[:3], c=1.0)
+    for index, layer in model.gmm_layers():
+        assert maps[index].shape == (3, *layer.out_shape[:2]) and maps[index].dtype == bool
+        pixels = pixel_map(model, index, torch.as_tensor(maps[index]))
+        assert pixels.shape == (3, 28, 28) and 0 <= pixels.min() and pixels.max() <= 1
+        assert position_mask(model, index, pixels > 0).shape == (3, *layer.out_shape[:2])
+    assert image_scores(model, images[:3]).shape == (3,)
+
+
+def test_pixel_map_and_position_mask_against_naive_windows():
+    model = DCGMM.from_spec("F(4,4,2,2) G(5) F(2,2,1,1) G(3)", input_shape=(9, 9, 1))
+    rng = np.random.default_rng(3)
+    positions = rng.random((2, 3, 3)) < 0.4  # layer 1 has 3x3 windows of 4x4 pixels, stride 2
+    expected = np.zeros((2, 9, 9))
+    counts = np.zeros((9, 9))
+    for i in range(3):
+        for j in range(3):
+            expected[:, 2 * i : 2 * i + 4, 2 * j : 2 * j + 4] += positions[:, i, j, None, None]
+            counts[2 * i : 2 * i + 4, 2 * j : 2 * j + 4] += 1
+    expected = np.divide(expected, counts, out=np.zeros_like(expected), where=counts > 0)  # row/column 8: no window
+    np.testing.assert_allclose(pixel_map(model, 1, torch.as_tensor(positions)).numpy(), expected, atol=1e-6)
+
+    pixels = rng.random((2, 9, 9)) < 0.05
+    naive = np.array([[[pixels[n, 2 * i : 2 * i + 4, 2 * j : 2 * j + 4].any() for j in range(3)] for i in range(3)] for n in range(2)])
+    np.testing.assert_array_equal(position_mask(model, 1, torch.as_tensor(pixels)).numpy(), naive)
+    # the top layer (2x2 windows over the 3x3 positions) sees a pixel if any of its layer-1 windows does
+    top = np.array([[[naive[n, i : i + 2, j : j + 2].any() for j in range(2)] for i in range(2)] for n in range(2)])
+    np.testing.assert_array_equal(position_mask(model, 3, torch.as_tensor(pixels)).numpy(), top)
+
+
+# ---------------------------------------------------------------------------------------------- in-painting
+def test_marginal_log_joint_against_torch_distributions():
+    torch.manual_seed(0)
+    model = DCGMM.from_spec("F(3,3,1,1) G(4)", input_shape=(3, 3, 2))
+    gmm = model.layers[1]
+    with torch.no_grad():
+        gmm.centroids.normal_()
+        gmm.precision_raw.uniform_(0.1, 2.0)
+        gmm.weight_logits.normal_()
+    x = torch.randn(2, 1, 1, 18)
+    known = torch.rand(2, 1, 1, 18) < 0.6
+    got = gmm.marginal_log_joint(x, known)
+    normal = torch.distributions.Normal(gmm.centroids, torch.exp(-0.5 * gmm.log_precisions))  # [K, D]
+    for n in range(2):
+        keep = known[n, 0, 0]
+        expected = normal.log_prob(x[n, 0, 0]).detach()[:, keep].sum(1) + gmm.log_weights.detach()
+        torch.testing.assert_close(got[n, 0, 0].detach(), expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gmm.marginal_log_joint(x, torch.ones_like(known)), gmm.log_joint(x), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gmm.marginal_log_joint(x, torch.zeros_like(known))[0, 0, 0], gmm.log_weights)
+
+
+def test_estimate_missing_without_missing_pixels_is_plain_estimation(trained):
+    model, train = trained
+    x = torch.as_tensor(train[:10])
+    plain, _ = model.estimate(x)
+    marginal = estimate_missing(model, x, torch.zeros(10, 8, 8, dtype=torch.bool))
+    for a, b in zip(plain, marginal):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    everything = estimate_missing(model, x, torch.ones(10, 8, 8, dtype=torch.bool))
+    torch.testing.assert_close(everything[1], torch.exp(model.layers[1].log_weights).expand(10, 3, 3, 9))
+
+
+def test_occlude_draws_squares_in_the_size_range(digits):
+    images, _ = digits
+    damaged, masks = occlude(images[:50], size=(3, 5), fill=0.5, seed=0)
+    sides = np.sqrt(masks.sum((1, 2)))
+    assert np.all((sides >= 3) & (sides <= 5)) and np.all(sides == np.round(sides))
+    assert np.array_equal(damaged[~masks], images[:50][~masks]) and np.all(damaged[masks] == 0.5)
+    noisy, noise_masks = occlude(images[:50], size=(3, 5), seed=0)
+    assert np.array_equal(noise_masks, masks) and noisy[noise_masks].std() > 0.2
+
+
+def test_inpainting_keeps_known_pixels_and_beats_the_damage(trained, digits):
+    model, _ = trained
+    images, labels = digits
+    clean = images[labels < 5][-100:]
+    damaged, masks = occlude(clean, size=(3, 4), fill="noise", seed=1)
+    given = inpaint(model, damaged, mask=masks)
+    assert np.array_equal(given.masks, masks)
+    assert np.array_equal(given.images[~masks], damaged[~masks])  # x1 is clamped
+    err = lambda x: ((x - clean) ** 2)[..., 0][masks].mean()
+    assert err(given.images) < 0.5 * err(damaged)
+    auto = inpaint(model, damaged, c=1.0)
+    assert np.array_equal(auto.images[~auto.masks], damaged[~auto.masks])
+    assert auto.position_masks[1].shape == (100, 3, 3)
+    precision = (auto.masks & masks).sum() / auto.masks.sum()
+    assert precision > 1.5 * masks.mean()  # the located pixels are damaged more often than pixels at random
+    # nothing is an outlier for a huge c: the image comes back unchanged
+    assert np.array_equal(inpaint(model, damaged, c=1e9).images, damaged)
+
+
+def test_inpainting_and_scoring_reject_bad_input(trained):
+    model, train = trained
+    with pytest.raises(InputError, match=r"shape \(N, 8, 8, 1\)"):
+        image_scores(model, np.zeros((2, 28, 28, 1), np.float32))
+    with pytest.raises(InputError, match="far outside"):
+        image_scores(model, train[:4] * 255)
+    bad = train[:4].copy()
+    bad[1, 2, 3, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        inpaint(model, bad)
+    with pytest.raises(InputError, match="no images"):
+        image_scores(model, train[:0])
+    with pytest.raises(InputError, match="mask must have shape"):
+        inpaint(model, train[:4], mask=np.zeros((4, 5, 5), bool))
+    single = DCGMM.from_spec("F(8,8,1,1) G(5)", input_shape=(8, 8, 1))
+    fit_statistics(single, train[:50])
+    with pytest.raises(InputError, match="single GMM layer"):
+        inpaint(single, train[:4])
+
+
+def test_cli_stats_score_outliers_inpaint(trained, digits, tmp_path, capsys):
+    model, train = trained
+    images, labels = digits
+    run = tmp_path / "run"
+    stripped = DCGMM.from_spec(SMALL, input_shape=(8, 8, 1))
+    stripped.load_state_dict(model.state_dict())
+    stripped.config.value_range = (0.0, 1.0)
+    save_model(stripped, run)  # no statistics yet
+    np.save(tmp_path / "train.npy", train)
+    np.save(tmp_path / "inliers.npy", images[labels < 5][-100:])
+    np.save(tmp_path / "outliers.npy", images[labels >= 5][-100:])
+    assert main(["score", "--model", str(run), "--npy", str(tmp_path / "inliers.npy"), "--out", str(tmp_path / "s.npy")]) == 2
+    assert "no outlier statistics" in capsys.readouterr().err
+    assert main(["stats", "--model", str(run), "--data", str(tmp_path / "train.npy"), "--quiet"]) == 0
+    assert load_model(run).statistics.layers[1].count == len(train)
+
+    assert main(["score", "--model", str(run), "--npy", str(tmp_path / "inliers.npy"), "--out", str(tmp_path / "s.npy")]) == 0
+    scores = np.load(tmp_path / "s.npy")
+    np.testing.assert_allclose(scores, image_scores(model, images[labels < 5][-100:]), rtol=1e-6)
+
+    out = tmp_path / "curve"
+    assert main(["outliers", "--model", str(run), "--inliers-npy", str(tmp_path / "inliers.npy"),
+                 "--outliers-npy", str(tmp_path / "outliers.npy"), "--out", str(out)]) == 0
+    report = json.loads((out / "outliers.json").read_text())
+    assert 0 <= report["auroc"] <= 1 and (out / "outliers.png").stat().st_size > 0
+    assert main(["outliers", "--model", str(run), "--inliers-npy", str(tmp_path / "inliers.npy"), "--out", str(out)]) == 2
+    assert "outliers come from" in capsys.readouterr().err
+
+    damaged, masks = occlude(images[labels < 5][-20:], size=(3, 4), seed=0)
+    np.save(tmp_path / "damaged.npy", damaged)
+    np.save(tmp_path / "mask.npy", masks)
+    np.save(tmp_path / "wrong.npy", np.zeros((20, 28, 28), np.float32))
+    assert main(["inpaint", "--model", str(run), "--npy", str(tmp_path / "damaged.npy"), "--mask", str(tmp_path / "mask.npy"),
+                 "--out", str(tmp_path / "inp"), "--quiet"]) == 0
+    result = np.load(tmp_path / "inp" / "inpainted.npy")
+    assert result.shape == damaged.shape and np.array_equal(result[~masks], damaged[~masks])
+    assert (tmp_path / "inp" / "inpainting.png").stat().st_size > 0
+    assert main(["inpaint", "--model", str(run), "--npy", str(tmp_path / "wrong.npy"), "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "shape (N, 8, 8, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # nothing half-written
