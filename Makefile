@@ -15,7 +15,9 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/dcgmm train --arch 2L-c --dataset mnist --epochs 25 --out runs/demo --overwrite
+	$(BIN)/dcgmm train --arch 2L-c --dataset mnist --classes 0-4 --epochs 25 --out runs/demo --overwrite
+	$(BIN)/dcgmm occlude --dataset mnist --classes 0-4 --n 100 --seed 1 --out runs/demo/damaged
+	$(BIN)/dcgmm inpaint --model runs/demo --npy runs/demo/damaged/damaged.npy --clean runs/demo/damaged/clean.npy --out runs/demo/inpainting
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -21,12 +21,10 @@ from . import __version__
 from .checkpoint import CHECKPOINT_FILE, atomic_write_bytes, atomic_write_text, load_model
 from .data import DATASETS, fetch, load_dataset, load_npy, parse_classes
 from .errors import DCGMMError, InputError
+from .inpainting import DEFAULT_C, DEFAULT_COVERAGE
 from .model import DCGMM, ModelConfig
 from .spec import PRESETS
 from .training import TrainConfig, Trainer
-
-INPAINT_C = 1.0
-"""Default c of Eq. 6 for in-painting's outlier maps."""
 
 
 def _device(name: str) -> torch.device:
@@ -533,8 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(sharpen=False)
     p.add_argument("--npy", required=True, help="damaged images, (N, H, W) or (N, H, W, C) .npy")
     p.add_argument("--mask", help="optional .npy of booleans (N, H, W) or (H, W): the damaged pixels; default: found by the model")
-    p.add_argument("--c", type=float, default=INPAINT_C, help="c of Eq. 6 for the outlier maps; larger replaces less (default: %(default)s)")
-    p.add_argument("--coverage", type=float, default=0.5, help="replace a pixel when this fraction of the windows over it are outliers (default: %(default)s)")
+    p.add_argument("--c", type=float, default=DEFAULT_C, help="c of Eq. 6 for the outlier maps; larger replaces less (default: %(default)s)")
+    p.add_argument("--coverage", type=float, default=DEFAULT_COVERAGE, help="replace a pixel when this fraction of the windows over it are outliers (default: %(default)s)")
     p.add_argument("--marginalize", action=argparse.BooleanOptionalAction, default=True, help="compute responsibilities with the replaced pixels marginalised out (default: on)")
     p.add_argument("--clean", help="optional .npy of the undamaged images: report the error and show them")
     p.add_argument("--out", required=True, help="folder for inpainted.npy, replaced.npy, inpainting.png")
