@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dcgmm import data
+from dcgmm import load_model
 from dcgmm.cli import main
 from dcgmm.errors import DataError, InputError
 
@@ -123,6 +124,20 @@ def test_cli_train_eval_info(tmp_path, digits_npy, capsys):
     assert set(report["layers"]) == {"layer_1", "layer_3"}
     assert np.isfinite(report["layers"]["layer_3"]["mean_loglik_per_image"])
     assert main(["info", "--model", str(run)]) == 0
+    assert load_model(run).statistics.layers[3].count == 400  # outlier statistics saved with the model
+
+
+def test_cli_train_on_classes_writes_the_held_out_outlier_curve(toy_dataset, tmp_path):
+    folder, arrays = toy_dataset
+    run = tmp_path / "run"
+    args = ["train", "--arch", "F(7,7,7,7) G(4) F(4,4,1,1) G(3)", "--dataset", "toy", "--data-dir", str(folder),
+            "--classes", "0-4", "--epochs", "1", "--batch-size", "5", "--out", str(run), "--quiet"]
+    assert main(args) == 0
+    report = json.loads((run / "outliers.json").read_text())
+    test_labels = arrays[("test", "labels")]
+    assert report["n_inliers"] == (test_labels < 5).sum() and report["n_outliers"] == (test_labels >= 5).sum()
+    assert 0 <= report["auroc"] <= 1 and (run / "outliers.png").is_file()
+    assert "classes 0-4" in load_model(run).statistics.source
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, digits_npy, capsys):
