@@ -67,7 +67,8 @@ def main():
     parser.add_argument("--no-em", action="store_true", help="skip the EM baselines")
     args = parser.parse_args()
     out = Path(args.out)
-    results = {}
+    report = out / "outliers.json"
+    results = json.loads(report.read_text()) if report.exists() else {}  # other datasets' results are kept
     for dataset in args.datasets:
         train, _ = load_dataset(dataset, "train", INLIERS)
         inliers, _ = load_dataset(dataset, "test", INLIERS)
@@ -83,7 +84,7 @@ def main():
                 print(f"{dataset} {name}: AUROC {curves[name]['auroc']:.4f} ({curves[name]['seconds_train']:.0f} s)", flush=True)
         results[dataset] = curves
         plot_outlier_curves(curves, out / "img" / f"outliers-{dataset}.png", title=f"{dataset}: train 0-4, inliers test 0-4, outliers test 5-9")
-    (out / "outliers.json").write_text(json.dumps(results, indent=1))
+    report.write_text(json.dumps(results, indent=1))
     names = list(next(iter(results.values())))
     print("\n| architecture | " + " | ".join(results) + " |")
     print("|---|" + "---:|" * len(results))
