@@ -130,7 +130,8 @@ def inpaint(
     out_images, out_masks, out_positions = [], [], {i: [] for i in lower}
     batches = zip(_batches(len(images), batch_size), model.batches(images, batch_size))
     for (begin, end), x in batches:
-        outputs, log_p = model.estimate(x)
+        if mask is None or not marginalize:  # the plain forward pass; with a mask and marginalising, unused
+            outputs, log_p = model.estimate(x)
         if mask is None:
             positions = {
                 i: torch.as_tensor(stats.layers[i].zscores(log_p[i].cpu().numpy()) < -c, device=device) for i in lower
