@@ -1,4 +1,4 @@
-"""Command line: ``dcgmm train | eval | sample | variants | stats | outliers | score | inpaint | occlude | data fetch | info``. A thin shell over the library.
+"""Command line: ``dcgmm train | eval | sample | variants | stats | outliers | score | inpaint | occlude | experiment | data fetch | info``. A thin shell over the library.
 
 Mistakes a user can fix (bad spec, missing data, wrong shapes, corrupt checkpoint) print one clear line and
 exit with status 2; no traceback.
@@ -417,6 +417,31 @@ def _fill_value(text: str) -> float:
         raise InputError(f"--fill takes 'noise' or a number such as 0.5; got {text!r}") from None
 
 
+def cmd_experiment(args) -> int:
+    from .experiments import Experiment, ExperimentConfig, ExperimentData
+    from .spec import parse
+
+    config = ExperimentConfig(seed=args.seed, epochs=args.epochs, reruns=args.reruns)
+    if args.archs:
+        for arch in args.archs:
+            parse(arch)
+        config.archs = list(args.archs)
+    if config.epochs < 1 or config.reruns < 1:
+        raise InputError("--epochs and --reruns must be at least 1")
+    names = ["fashion-mnist" if n == "fashion" else n for n in args.datasets]
+    datasets = [ExperimentData.load(name, data_dir=args.data_dir) for name in dict.fromkeys(names)]
+    command = (f"dcgmm experiment {args.name} --datasets {' '.join(names)} --out {args.out}"
+               + (f" --archs {' '.join(args.archs)}" if args.archs else "")
+               + f" --epochs {config.epochs} --reruns {config.reruns} --seed {config.seed}")
+    experiment = Experiment(args.out, datasets, config, progress=not args.quiet, command=command)
+    start = time.perf_counter()
+    times = experiment.run([args.name])
+    for stage, seconds in times.items():
+        print(f"  {stage:<11} {seconds / 60:6.1f} min")
+    print(f"  {'total':<11} {(time.perf_counter() - start) / 60:6.1f} min; report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
 def cmd_data_fetch(args) -> int:
     folder = fetch(args.name, data_dir=args.data_dir, verbose=True)
     for split in ("train", "test"):
@@ -547,6 +572,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--out", required=True, help="folder for damaged.npy, mask.npy, clean.npy")
     p.set_defaults(func=cmd_occlude)
+
+    p = sub.add_parser("experiment", help="reproduce one of the paper's experiments and write a report", description="Run a paper experiment end to end on MNIST and FashionMNIST (Sec. IV): outliers (Fig. 3), clustering (Table II), sampling (Figs. 4-7), centroids (Fig. 2), or all; writes report.md with figures, CSV tables and numbers.json into --out.")
+    p.add_argument("name", choices=["outliers", "clustering", "sampling", "centroids", "all"])
+    p.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"], choices=sorted(DATASETS) + ["fashion"], help="default: %(default)s")
+    p.add_argument("--out", default="runs/experiments", help="run folder (default: %(default)s); stages already there are kept in the report")
+    p.add_argument("--archs", nargs="+", help=f"architectures of the outlier and clustering tables (default: all of {', '.join(PRESETS)})")
+    p.add_argument("--epochs", type=int, default=25, help="epochs of the models trained on classes 0-4 (default: %(default)s)")
+    p.add_argument("--reruns", type=int, default=10, help="clustering reruns per architecture (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--data-dir", help="folder holding the four standard IDX files")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("data", help="dataset utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)

@@ -1,5 +1,5 @@
 """Sample-quality measures: NDB and JS divergence over k-means bins (Richardson & Weiss, NeurIPS 2018),
-near-duplicate counts.
+near-duplicate counts; clustering measures: the Dunn index and the Davies-Bouldin score.
 
 NDB ("number of statistically different bins"): k-means (K bins) is fitted on real training images; real
 held-out images and generated samples are assigned to their nearest bin centre; a bin counts as different
@@ -99,3 +99,52 @@ def near_duplicates(samples, tolerance: float = 0.02) -> int:
     distances = torch.cdist(x, x) / math.sqrt(d)  # RMS distance, float64
     distances.fill_diagonal_(math.inf)
     return int((distances.min(dim=1).values <= tolerance).sum())
+
+
+# ---------------------------------------------------------------------------------------------- clustering
+def pairwise_distances(images, chunk: int = 1000) -> np.ndarray:
+    """Euclidean distances between all pairs of images (N, ...), computed in float64, returned as float32 (N, N).
+
+    N = 10 000 takes 400 MB; compute it once and reuse it for every labelling (:func:`dunn_index`).
+    """
+    x = torch.as_tensor(_flat(images, "images"))
+    out = np.empty((len(x), len(x)), dtype=np.float32)
+    for begin in range(0, len(x), chunk):
+        out[begin : begin + chunk] = torch.cdist(x[begin : begin + chunk], x).numpy()
+    return out
+
+
+def _check_labels(labels, n: int) -> np.ndarray:
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != n:
+        raise InputError(f"need one cluster label per image: got {len(labels)} labels for {n} images")
+    if len(np.unique(labels)) < 2:
+        raise InputError("clustering measures need at least two non-empty clusters; all images got the same label")
+    return labels
+
+
+def dunn_index(distances: np.ndarray, labels) -> float:
+    """Dunn index (Dunn 1974) of a labelling, higher is better: the smallest distance between two points of
+    different clusters divided by the largest distance between two points of the same cluster.
+
+    ``distances``: (N, N) from :func:`pairwise_distances`; ``labels``: (N,) cluster ids, at least two distinct.
+    Every cluster a single point (no diameter) gives ``inf``.
+    """
+    labels = _check_labels(labels, len(distances))
+    diameter, separation = 0.0, np.inf
+    for k in np.unique(labels):
+        members = labels == k
+        rows = distances[members]
+        diameter = max(diameter, float(rows[:, members].max()))
+        separation = min(separation, float(rows[:, ~members].min()))
+    return separation / diameter if diameter > 0 else float("inf")
+
+
+def davies_bouldin(images, labels) -> float:
+    """Davies-Bouldin score (Davies & Bouldin 1979) of a labelling of images (N, ...), lower is better:
+    the mean over clusters of the largest (s_i + s_j) / d(c_i, c_j), with s the mean distance of a
+    cluster's points to its centroid c. scikit-learn's implementation."""
+    from sklearn.metrics import davies_bouldin_score
+
+    x = _flat(images, "images")
+    return float(davies_bouldin_score(x, _check_labels(labels, len(x))))

@@ -201,6 +201,18 @@ class DCGMM(nn.Module):
             raise InputError(f"model {self.spec!r} has no classifier layer C(n): add one to the spec to predict classes")
         return np.concatenate([self.forward(x)[-1].reshape(len(x), -1).argmax(1).cpu().numpy() for x in self.batches(images, batch_size)])
 
+    @torch.no_grad()
+    def clusters(self, images, batch_size: int = 500) -> np.ndarray:
+        """Cluster of every image: the component of the top GMM layer with the largest responsibility, shape (N,).
+
+        Needs a global top GMM layer (one position), as in every Table I architecture.
+        """
+        top = [i for i, _ in self.gmm_layers()][-1]
+        h, w, _ = self.layers[top].out_shape
+        if h * w != 1:
+            raise InputError(f"clustering needs a global top GMM layer (1x1 positions); layer {top} of {self.spec!r} has {h}x{w}")
+        return np.concatenate([self.estimate(x)[0][-1].reshape(len(x), -1).argmax(1).cpu().numpy() for x in self.batches(images, batch_size)])
+
     # ------------------------------------------------------------------------------------------ sampling
     def sample(self, n: int, top_s: int | None = 1, **options) -> torch.Tensor:
         """Draw ``n`` images ``(n, H, W, C)``; see :func:`dcgmm.sampling.sample` for the options."""

@@ -242,6 +242,34 @@ def sample_classes(
     return torch.cat(out)
 
 
+@torch.no_grad()
+def sample_components(
+    model: DCGMM,
+    components,
+    top_s: int | None = 1,
+    noise: float = 0.0,
+    sharpening: Sharpening | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int = 500,
+) -> torch.Tensor:
+    """One image per entry of ``components`` (N,): sampling with the global top GMM layer's component fixed
+    (the paper's Fig. 2 illustration), shape (N, H, W, C). Lower layers sample as in :func:`sample`."""
+    _check_top_s(top_s)
+    top = _top_gmm(model)
+    layer = model.layers[top]
+    h, w, k = layer.out_shape
+    if h * w != 1:
+        raise InputError(f"fixing a top component needs a global top GMM layer (1x1 positions); layer {top} has {h}x{w}")
+    components = torch.as_tensor(components, dtype=torch.long, device=model.device).reshape(-1)
+    if len(components) == 0 or components.min() < 0 or components.max() >= k:
+        raise InputError(f"components must be a non-empty list of indices in 0..{k - 1} of {layer.spec()}")
+    out = []
+    for begin, end in _batches(len(components), batch_size):
+        control = F.one_hot(components[begin:end], k).to(torch.float32)[:, None, None, :]
+        out.append(_sample_down(model, top, control, top_s, noise, sharpening, generator, True, False))
+    return torch.cat(out)
+
+
 def clamp_range(model: DCGMM) -> tuple[int, int]:
     """Valid ``clamp_layer`` values: 1 (return the template) .. O + 1 (no clamping; O = top GMM, 1-based)."""
     return 1, _top_gmm(model) + 2
