@@ -66,17 +66,47 @@ def _print_report(report: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- commands
+def _start_processes(device: torch.device) -> tuple[int, int, torch.device]:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on GPUs (one
+    per process, by LOCAL_RANK). Returns (rank, world size, device); (0, 1, device) for a single process."""
+    import os
+
+    from torch import distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
 def cmd_train(args) -> int:
+    rank, world, device = _start_processes(_device(args.device))
+    try:
+        return _train(args, rank, world, device)
+    finally:
+        if world > 1:
+            from torch import distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(args, rank: int, world: int, device: torch.device) -> int:
+    """Train (every process of a torchrun group); only rank 0 writes files and prints."""
     from .plots import plot_centroids, plot_history
 
     out = Path(args.out)
-    device = _device(args.device)
+    say = print if rank == 0 else (lambda *a, **k: None)
     images, labels = _load_images(args, "train")
     if args.resume:
         if not (out / CHECKPOINT_FILE).is_file():
             raise InputError(f"--resume: {out / CHECKPOINT_FILE} does not exist; start without --resume")
         trainer = Trainer.resume(out, images, labels, device=device, epochs=args.epochs)
-        print(f"resuming {out} at epoch {trainer.epoch}/{trainer.config.epochs}")
+        say(f"resuming {out} at epoch {trainer.epoch}/{trainer.config.epochs}")
     else:
         if (out / CHECKPOINT_FILE).exists() and not args.overwrite:
             raise InputError(f"{out} already holds a run: pass --resume to continue it, --overwrite to replace it, or another --out")
@@ -85,12 +115,17 @@ def cmd_train(args) -> int:
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, **overrides)
         trainer = Trainer(model, config, images, labels, device=device)
     model = trainer.model
-    print(f"dcgmm {__version__}: training {model.spec} on {len(images)} images {tuple(images.shape[1:])}, device {device}")
+    processes = f", {world} processes (global batch {trainer.config.batch_size})" if world > 1 else ""
+    say(f"dcgmm {__version__}: training {model.spec} on {len(images)} images {tuple(images.shape[1:])}, device {device}{processes}")
     for line in model.layer_summary():
-        print("  " + line)
-    out.mkdir(parents=True, exist_ok=True)
+        say("  " + line)
     start = time.perf_counter()
-    trainer.fit(progress=not args.quiet, on_epoch_end=lambda t: t.save_checkpoint(out))
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        trainer.fit(progress=not args.quiet, on_epoch_end=lambda t: t.save_checkpoint(out))
+    else:
+        trainer.fit(progress=False)
+        return 0  # rank 0 writes the checkpoint, statistics, pictures and reports
     seconds = time.perf_counter() - start
     history = [asdict(r) for r in trainer.history]
     atomic_write_text(out / "history.json", json.dumps(history, indent=1))

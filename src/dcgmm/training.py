@@ -9,6 +9,13 @@ SGD from random initial values:
   (or a given fraction of training has passed) the precisions and mixing weights adapt too;
 * per-parameter rate factors; layers above the first may wait a fraction of training before they adapt;
 * a top classifier, if present, trains alongside on cross-entropy.
+
+Data-parallel training: inside a ``torch.distributed`` process group (e.g. started by ``torchrun``), every
+process takes its share of each global batch (``batch_size`` images, split evenly by rank), and after each
+backward pass the gradients are averaged over all processes with one all-reduce, as DDP does. The per-step
+objectives that drive the annealing are all-reduced too, so every process anneals identically and all
+hold the same parameters: the run equals a single process with the same global batch and seed, up to the
+order of floating-point sums.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import distributed as dist
 from tqdm.auto import tqdm
 
 from .annealing import Annealing
@@ -29,6 +37,13 @@ from .errors import CheckpointError, InputError
 from .layers import GMM, Classifier
 from .layers.gmm import responsibilities
 from .model import DCGMM
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of the initialised ``torch.distributed`` process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 @dataclass
@@ -144,6 +159,9 @@ class Trainer:
         self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
         if model.classifier is not None and self.labels is None:
             raise InputError(f"model {model.spec!r} has a classifier C(n) and needs labels; give a labelled dataset")
+        self.rank, self.world = process_group()
+        if config.batch_size % self.world:
+            raise InputError(f"batch size {config.batch_size} does not split evenly over {self.world} processes: use a multiple of {self.world}")
         self.steps_per_epoch = len(self.images) // config.batch_size
         self.total_steps = self.steps_per_epoch * config.epochs
         self.epoch = 0
@@ -228,7 +246,11 @@ class Trainer:
         if total is not None:
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
+            if self.world > 1:
+                self._average_gradients()
             self.optimizer.step()
+        if self.world > 1 and objectives:
+            objectives = self._average_objectives(objectives)
         for index, value in objectives.items():
             if index == "classifier":
                 continue
@@ -239,6 +261,24 @@ class Trainer:
             self._update_phase(index)
         self.step += 1
         return objectives
+
+    def _average_gradients(self) -> None:
+        """All-reduce (mean) every gradient over the process group, in one flat buffer."""
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def _average_objectives(self, objectives: dict) -> dict:
+        """The global objectives: every process's values averaged (all processes then anneal alike)."""
+        keys = list(objectives)
+        values = torch.tensor([objectives[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(values)
+        return dict(zip(keys, (values / self.world).tolist()))
 
     def fit(self, progress: bool = True, on_epoch_end: Callable[["Trainer"], None] | None = None) -> list[EpochRecord]:
         """Train until ``config.epochs``; call ``on_epoch_end(self)`` after every epoch (e.g. to checkpoint)."""
@@ -254,7 +294,7 @@ class Trainer:
             sums: dict = {}
             bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{c.epochs}", disable=not progress, leave=False, dynamic_ncols=True)
             for b in bar:
-                idx = order[b * c.batch_size : (b + 1) * c.batch_size]
+                idx = order[b * c.batch_size : (b + 1) * c.batch_size][self.rank :: self.world]
                 x = self.images[idx].to(self.device, torch.float32, non_blocking=True)
                 y = None if self.labels is None else self.labels[idx].to(self.device)
                 values = self.train_step(x, y)
