@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dcgmm import DCGMM, CheckpointError, TrainConfig, Trainer, load_model
+from dcgmm import DCGMM, CheckpointError, InputError, TrainConfig, Trainer, load_model
 from dcgmm.annealing import Annealing
 from dcgmm.checkpoint import CHECKPOINT_FILE, MODEL_FILE
 from dcgmm.em import fit_em
@@ -137,3 +137,34 @@ def test_missing_and_corrupt_checkpoints_are_reported(tmp_path):
         load_model(file)
     with pytest.raises(CheckpointError, match="not a training checkpoint|does not exist"):
         Trainer.resume(tmp_path, np.zeros((200, 28, 28, 1), np.float32))
+
+
+def test_training_from_a_memory_mapped_npy_equals_training_in_memory(digits, tmp_path):
+    from dcgmm.data import open_npy
+
+    images = (digits[0][:300, :, :, 0] * 255).round().astype(np.uint8)  # (N, H, W) bytes, as datasets come
+    np.save(tmp_path / "images.npy", images)
+    mapped = open_npy(tmp_path / "images.npy")
+    assert isinstance(mapped, np.memmap) and mapped.shape == (300, 8, 8, 1)
+    spec, config = "F(4,4,2,2) G(4) F(3,3,1,1) G(4)", TrainConfig(epochs=2, batch_size=20, seed=1)
+    streamed = Trainer(DCGMM.from_spec(spec, input_shape=(8, 8, 1)), config, mapped)
+    assert streamed.images is mapped  # not read into memory
+    streamed.fit(progress=False)
+    loaded = Trainer(DCGMM.from_spec(spec, input_shape=(8, 8, 1)), config, images[..., None].astype(np.float32) / 255.0)
+    loaded.fit(progress=False)
+    assert streamed.model.config.value_range == loaded.model.config.value_range == (0.0, 1.0)
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(streamed.model.state_dict()[key], value), key
+
+
+def test_open_npy_refuses_bad_files(tmp_path):
+    from dcgmm.data import open_npy
+
+    np.save(tmp_path / "ints.npy", np.zeros((3, 8, 8), dtype=np.int32))
+    np.save(tmp_path / "flat.npy", np.zeros((3, 64), dtype=np.float32))
+    with pytest.raises(InputError, match="dtype int32"):
+        open_npy(tmp_path / "ints.npy")
+    with pytest.raises(InputError, match=r"\(N, H, W\)"):
+        open_npy(tmp_path / "flat.npy")
+    with pytest.raises(InputError, match="does not exist"):
+        open_npy(tmp_path / "missing.npy")

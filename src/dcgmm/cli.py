@@ -19,7 +19,7 @@ import torch
 
 from . import __version__
 from .checkpoint import CHECKPOINT_FILE, atomic_write_bytes, atomic_write_text, load_model
-from .data import DATASETS, fetch, load_dataset, load_npy, parse_classes
+from .data import DATASETS, fetch, load_dataset, load_npy, open_npy, parse_classes
 from .errors import DCGMMError, InputError
 from .inpainting import DEFAULT_C, DEFAULT_COVERAGE
 from .model import DCGMM, ModelConfig
@@ -33,12 +33,12 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _load_images(args, split: str):
-    """Images (and labels, if known) from --data or --dataset/--split/--classes."""
+def _load_images(args, split: str, stream: bool = False):
+    """Images (and labels, if known) from --data (memory-mapped with ``stream``) or --dataset/--split/--classes."""
     if args.data is not None:
         if args.classes:
             raise InputError("--classes selects classes of a named dataset; it cannot be used with --data")
-        return load_npy(args.data), None
+        return (open_npy(args.data) if stream else load_npy(args.data)), None
     return load_dataset(args.dataset, split, parse_classes(args.classes), data_dir=args.data_dir)
 
 
@@ -101,7 +101,7 @@ def _train(args, rank: int, world: int, device: torch.device) -> int:
 
     out = Path(args.out)
     say = print if rank == 0 else (lambda *a, **k: None)
-    images, labels = _load_images(args, "train")
+    images, labels = _load_images(args, "train", stream=True)
     if args.resume:
         if not (out / CHECKPOINT_FILE).is_file():
             raise InputError(f"--resume: {out / CHECKPOINT_FILE} does not exist; start without --resume")
@@ -495,7 +495,7 @@ def cmd_info(args) -> int:
 # ---------------------------------------------------------------------------------------------- parser
 def _add_data_options(p, default_dataset: str | None = "mnist") -> None:
     p.add_argument("--dataset", default=default_dataset, choices=sorted(DATASETS) + ["fashion"], help="named dataset (default: %(default)s)")
-    p.add_argument("--data", metavar="PATH.npy", help="images in a .npy file, (N,H,W) or (N,H,W,C); uint8 is scaled to [0,1], float taken as is")
+    p.add_argument("--data", metavar="PATH.npy", help="images in a .npy file, (N,H,W) or (N,H,W,C); uint8 is scaled to [0,1], float taken as is; train reads it memory-mapped, a batch at a time")
     p.add_argument("--classes", help="class subset of a named dataset, e.g. 0-4 or 0,3,7")
     p.add_argument("--data-dir", help="folder holding the four standard IDX files (tried before any download)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")

@@ -396,6 +396,27 @@ def load_npy(path: str | Path) -> np.ndarray:
     return as_images(array, what=f"images in {path}")
 
 
+def open_npy(path: str | Path) -> np.ndarray:
+    """Memory-map a ``.npy`` file of images without reading it, for data larger than RAM.
+
+    Returns the read-only memmap ``(N, H, W)`` or ``(N, H, W, C)`` as stored (uint8 or float); whoever reads
+    a batch converts it with :func:`as_images` (which also rejects NaN there). :class:`~dcgmm.Trainer` and
+    :meth:`DCGMM.batches` read one batch at a time.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist: pass the path of a .npy file of images")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path} is not a readable .npy array ({exc}): save images with numpy.save") from None
+    if array.ndim not in (3, 4) or array.shape[0] == 0:
+        raise InputError(f"images in {path} must be a non-empty (N, H, W) or (N, H, W, C) array; got shape {array.shape}")
+    if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"images in {path} have dtype {array.dtype}: use uint8 (0-255, scaled to [0, 1]) or float (taken as is)")
+    return array if array.ndim == 4 else array[..., None]
+
+
 __all__ = [
     "DATASETS",
     "as_images",
@@ -405,5 +426,6 @@ __all__ = [
     "fetch",
     "load_dataset",
     "load_npy",
+    "open_npy",
     "parse_classes",
 ]

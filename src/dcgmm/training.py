@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .annealing import Annealing
 from .checkpoint import CHECKPOINT_FILE, _model_tensors, model_from_tensors, read_file, save_file, save_model
+from .data import as_images
 from .errors import CheckpointError, InputError
 from .layers import GMM, Classifier
 from .layers.gmm import responsibilities
@@ -141,7 +142,8 @@ class Trainer:
     ----------
     model : the model; its parameters are re-initialised from ``config.seed`` unless resuming.
     config : training settings.
-    images : float32 array or tensor, shape (N, H, W, C).
+    images : float32 array or tensor, shape (N, H, W, C), or a memory-mapped ``.npy``
+        (:func:`dcgmm.data.open_npy`, uint8 or float), read one batch at a time.
     labels : int array, shape (N,), needed only if the model has a classifier.
     """
 
@@ -150,10 +152,11 @@ class Trainer:
         self.model = model.to(device)
         self.config = config
         self.device = torch.device(device)
-        self.images = torch.as_tensor(images)
-        model.check_images(self.images[:1])
+        # a memory-mapped array (dcgmm.data.open_npy) stays on disk: batches are read and converted one at a time
+        self.images = images if isinstance(images, np.memmap) else torch.as_tensor(images)
+        model.check_images(self._batch(torch.arange(1)))
         if model.config.value_range is None:
-            model.config.value_range = (float(self.images.min()), float(self.images.max()))
+            model.config.value_range = self._value_range()
         if len(self.images) < config.batch_size:
             raise InputError(f"{len(self.images)} training images are fewer than one batch of {config.batch_size}: lower --batch-size")
         self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -182,6 +185,21 @@ class Trainer:
         self._apply_phases()
 
     # ------------------------------------------------------------------------------------------ setup
+    def _batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """Images ``idx`` as float32 (B, H, W, C) on the training device."""
+        if isinstance(self.images, torch.Tensor):
+            return self.images[idx].to(self.device, torch.float32, non_blocking=True)
+        return torch.from_numpy(as_images(self.images[idx.numpy()])).to(self.device)
+
+    def _value_range(self, chunk: int = 10_000) -> tuple[float, float]:
+        if isinstance(self.images, torch.Tensor):
+            return float(self.images.min()), float(self.images.max())
+        low, high = np.inf, -np.inf
+        for start in range(0, len(self.images), chunk):
+            block = as_images(np.array(self.images[start : start + chunk]))
+            low, high = min(low, float(block.min())), max(high, float(block.max()))
+        return low, high
+
     def _param_groups(self) -> list[dict]:
         c = self.config
         groups = []
@@ -295,7 +313,7 @@ class Trainer:
             bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{c.epochs}", disable=not progress, leave=False, dynamic_ncols=True)
             for b in bar:
                 idx = order[b * c.batch_size : (b + 1) * c.batch_size][self.rank :: self.world]
-                x = self.images[idx].to(self.device, torch.float32, non_blocking=True)
+                x = self._batch(idx)
                 y = None if self.labels is None else self.labels[idx].to(self.device)
                 values = self.train_step(x, y)
                 for k, v in values.items():
