@@ -1,4 +1,5 @@
 import pytest
+import numpy as np
 import torch
 
 from dcgmm import DCGMM, PRESETS, ModelConfig
@@ -64,3 +65,30 @@ def test_model_rejects_wrong_images():
     bad[1, 3, 3, 0] = float("nan")
     with pytest.raises(InputError, match="NaN"):
         model.log_likelihoods(bad)
+
+
+def test_colour_images_train_sample_score_and_inpaint():
+    """32x32x3 images go through everything: training, statistics, sampling with sharpening, in-painting, clusters."""
+    from dcgmm import TrainConfig, Trainer
+    from dcgmm.inpainting import inpaint
+    from dcgmm.outliers import fit_statistics, image_scores
+    from dcgmm.sampling import Sharpening, sample
+
+    rng = np.random.default_rng(0)
+    base = rng.random((4, 32, 32, 3)).astype(np.float32)
+    images = np.clip(base[rng.integers(0, 4, 200)] + 0.05 * rng.standard_normal((200, 32, 32, 3)), 0, 1).astype(np.float32)
+    model = DCGMM.from_spec("F(8,8,4,4) G(6) P(2,2) F(3,3,1,1) G(4)", input_shape=(32, 32, 3))
+    before = model.log_likelihoods(images[:50])[-1].per_image.mean()
+    Trainer(model, TrainConfig(epochs=3, batch_size=20), images).fit(progress=False)
+    after = model.log_likelihoods(images[:50])[-1].per_image.mean()
+    assert np.isfinite(after) and after > before
+    fit_statistics(model, images)
+    assert image_scores(model, images[:10]).shape == (10,)
+    samples = sample(model, 5, sharpening=Sharpening(steps=5), generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (5, 32, 32, 3) and torch.isfinite(samples).all()
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[8:16, 8:16] = True
+    result = inpaint(model, images[:3], mask=mask)
+    assert result.images.shape == (3, 32, 32, 3)
+    np.testing.assert_array_equal(result.images[:, ~mask], images[:3][:, ~mask])
+    assert model.clusters(images[:7]).shape == (7,)

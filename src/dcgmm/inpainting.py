@@ -48,7 +48,10 @@ class Inpainted:
 
 
 def _as_batch_tensor(array, dtype, device) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(array), dtype=dtype, device=device)
+    array = np.asarray(array)
+    if not array.flags.writeable:  # a broadcast mask or a memmap: torch wants memory it may own
+        array = array.copy()
+    return torch.as_tensor(array, dtype=dtype, device=device)
 
 
 def estimate_missing(model: DCGMM, x: torch.Tensor, missing: torch.Tensor) -> list[torch.Tensor]:
