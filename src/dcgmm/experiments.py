@@ -213,7 +213,6 @@ class Experiment:
             times[stage] = time.perf_counter() - start
             self._write_stage(stage, result, times[stage])
             self.log(f"{stage}: done in {times[stage]:.0f} s -> {self.out / stage}")
-        write_report(self.out)
         return times
 
     def _bar(self, stage: str, total: int):
@@ -255,13 +254,13 @@ class Experiment:
         from sklearn.mixture import GaussianMixture
 
         key = (cache_key, k, seed, reg_covar)
-        if cache_key is None or key not in self._em:
-            gmm = GaussianMixture(k, covariance_type="diag", reg_covar=reg_covar, max_iter=self.config.em_max_iter, random_state=seed)
-            gmm.fit(_flat64(images))
-            if cache_key is None:
-                return gmm
+        if cache_key is not None and key in self._em:  # the same images under the same name: fitted already
+            return self._em[key]
+        gmm = GaussianMixture(k, covariance_type="diag", reg_covar=reg_covar, max_iter=self.config.em_max_iter, random_state=seed)
+        gmm.fit(_flat64(images))
+        if cache_key is not None:
             self._em[key] = gmm
-        return self._em[key]
+        return gmm
 
     # ------------------------------------------------------------------------------------------ stages
     def outliers(self) -> StageResult:
