@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dcgmm import DCGMM, InputError, TrainConfig, Trainer
+from dcgmm import DCGMM, InputError, SpecError, TrainConfig, Trainer
 from dcgmm.experiments import Experiment, ExperimentConfig, ExperimentData, top_components, write_report
 from dcgmm.metrics import davies_bouldin, dunn_index, pairwise_distances
 from dcgmm.sampling import sample_components
@@ -141,3 +141,18 @@ def test_experiment_refuses_unknown_stages_and_no_data(digit_data, tmp_path):
     with pytest.raises(InputError, match="no datasets"):
         Experiment(tmp_path, [], _tiny_config())
     assert not (tmp_path / "report.md").exists()
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (dict(epochs=0), InputError, "epochs must be at least 1"),
+    (dict(reruns=0), InputError, "reruns must be at least 1"),
+    (dict(archs=["F(9,9,1,1) G(4)"]), SpecError, ""),  # window larger than the 8x8 images
+    (dict(centroid_arch="F(4,4,4,4) G(3)"), InputError, "global top GMM layer"),
+])
+def test_experiment_refuses_bad_settings_before_writing(digit_data, tmp_path, change, error, message):
+    config = _tiny_config()
+    for key, value in change.items():
+        setattr(config, key, value)
+    with pytest.raises(error, match=message):
+        Experiment(tmp_path / "x", [digit_data], config, progress=False)
+    assert not (tmp_path / "x").exists()

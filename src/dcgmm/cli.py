@@ -454,15 +454,10 @@ def _fill_value(text: str) -> float:
 
 def cmd_experiment(args) -> int:
     from .experiments import Experiment, ExperimentConfig, ExperimentData
-    from .spec import parse
 
     config = ExperimentConfig(seed=args.seed, epochs=args.epochs, reruns=args.reruns)
     if args.archs:
-        for arch in args.archs:
-            parse(arch)
         config.archs = list(args.archs)
-    if config.epochs < 1 or config.reruns < 1:
-        raise InputError("--epochs and --reruns must be at least 1")
     names = ["fashion-mnist" if n == "fashion" else n for n in args.datasets]
     datasets = [ExperimentData.load(name, data_dir=args.data_dir) for name in dict.fromkeys(names)]
     command = (f"dcgmm experiment {args.name} --datasets {' '.join(names)} --out {args.out}"

@@ -121,6 +121,26 @@ class ExperimentConfig:
     em_max_iter: int = 100
 
 
+def _check_config(c: "ExperimentConfig", shapes: set) -> None:
+    """Refuse settings that could only fail midway, after earlier stages have written their results."""
+    counts = {"epochs": c.epochs, "reruns": c.reruns, "clustering_images": c.clustering_images,
+              "clustering_epochs": c.clustering_epochs, "clustering_window": c.clustering_window,
+              "clustering_eval_images": c.clustering_eval_images, "samples": c.samples, "bins": c.bins,
+              "em_components": c.em_components}
+    for name, value in counts.items():
+        if value < 1:
+            raise InputError(f"experiment setting {name} must be at least 1; got {value}")
+    if not c.archs or not c.sampling_archs:
+        raise InputError("name at least one architecture for the tables and one for sampling")
+    for arch in dict.fromkeys([*c.archs, *c.sampling_archs, c.sampling_arch, c.centroid_arch]):
+        for shape in shapes:
+            model = DCGMM.from_spec(arch, input_shape=shape)  # SpecError if the windows do not fit
+            h, w, _ = model.layers[[i for i, _ in model.gmm_layers()][-1]].out_shape
+            if h * w != 1:
+                raise InputError(f"architecture {arch!r} ends in a GMM layer with {h}x{w} positions on {shape} images; "
+                                 "the experiments need a global top GMM layer (1x1), as in every Table I architecture")
+
+
 def top_components(arch: str) -> int:
     """K of the top GMM layer of an architecture."""
     return [layer.args[0] for layer in parse(arch) if layer.letter == "G"][-1]
@@ -192,6 +212,7 @@ class Experiment:
         self.out = Path(out)
         self.datasets = datasets
         self.config = config or ExperimentConfig()
+        _check_config(self.config, {tuple(d.train_images.shape[1:]) for d in datasets})
         self.progress = progress
         self.log = log
         self.command = command or " ".join(sys.argv)
