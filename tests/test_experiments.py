@@ -146,7 +146,7 @@ def test_experiment_refuses_unknown_stages_and_no_data(digit_data, tmp_path):
 @pytest.mark.parametrize("change, error, message", [
     (dict(epochs=0), InputError, "epochs must be at least 1"),
     (dict(reruns=0), InputError, "reruns must be at least 1"),
-    (dict(archs=["F(9,9,1,1) G(4)"]), SpecError, ""),  # window larger than the 8x8 images
+    (dict(archs=["F(9,9,1,1) G(4)"]), SpecError, "larger than its 8x8 input"),
     (dict(centroid_arch="F(4,4,4,4) G(3)"), InputError, "global top GMM layer"),
 ])
 def test_experiment_refuses_bad_settings_before_writing(digit_data, tmp_path, change, error, message):
