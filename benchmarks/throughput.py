@@ -36,7 +36,7 @@ class NaiveGMM(GMM):
         norm = 0.5 * (self.log_precisions.sum(1) - flat.shape[1] * math.log(2 * math.pi))
         log_joint = (self.log_weights + norm - 0.5 * squared).reshape(*x.shape[:3], self.n_components)
         loss = self.loss_from_log_joint(log_joint, sigma)
-        return loss, -float(loss.detach()), log_joint.detach()
+        return loss, -float(loss.detach()), torch.softmax(log_joint.detach(), dim=-1)
 
 
 def seconds_per_step(spec: str, shape=(28, 28, 1), batch: int = 100, steps: int = 20, naive: bool = False) -> float:

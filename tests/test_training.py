@@ -65,6 +65,19 @@ def test_classifier_trains_alongside(digits):
     assert accuracy > 0.2, accuracy  # chance is 0.1
 
 
+def test_learning_rates_that_overshoot_are_refused(digits):
+    """lr x rate_centroids / variance_floor above 2 diverges; the message says which lr works, and it does."""
+    images, _ = digits
+    model = DCGMM.from_spec("F(8,8,1,1) G(10)", input_shape=(8, 8, 1), variance_floor=0.01)
+    with pytest.raises(InputError, match=r"overshoot.*at most 0\.02\b"):
+        Trainer(model, TrainConfig(), images)
+    before = model.log_likelihoods(images)[0].per_image.mean()
+    history = Trainer(model, TrainConfig(epochs=10, batch_size=50, window=20, lr=0.02), images).fit(progress=False)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert model.log_likelihoods(images)[0].per_image.mean() > before + 50
+    assert history[-1].objective[1] > history[0].objective[1]
+
+
 def test_classifier_needs_labels(digits):
     images, _ = digits
     with pytest.raises(Exception, match="needs labels"):

@@ -61,7 +61,7 @@ TINY_COEFFICIENT = 1e-20
 """Coefficients ``tau * mu`` below this in magnitude are treated as exactly 0 (centroid entries below ~5e-22)."""
 
 
-def responsibilities(log_joint: torch.Tensor, dim: int = -1) -> torch.Tensor:
+def responsibilities(log_joint: torch.Tensor, dim: int = -1, row_max: torch.Tensor | None = None) -> torch.Tensor:
     """softmax over ``dim``, with no responsibility below ~exp(-35) / K of the largest.
 
     Arithmetic on subnormal floats (below 1e-38) runs 10-100x slower on CPUs, and ``torch.set_flush_denormal``
@@ -69,9 +69,12 @@ def responsibilities(log_joint: torch.Tensor, dim: int = -1) -> torch.Tensor:
     of tiny responsibilities with tiny coefficients would. Raising log-values to 35 below the largest keeps
     every responsibility and, with :data:`TINY_COEFFICIENT`, every product in normal range; responsibilities
     of ~1e-16 instead of smaller change nothing that matters.
+
+    ``row_max``: the maximum of ``log_joint`` over ``dim`` (keepdim), if already known.
     """
-    floor = log_joint.detach().amax(dim=dim, keepdim=True) - TINY_LOG_RATIO
-    return torch.softmax(torch.maximum(log_joint, floor), dim=dim)
+    if row_max is None:
+        row_max = log_joint.detach().amax(dim=dim, keepdim=True)
+    return torch.softmax(torch.maximum(log_joint, row_max - TINY_LOG_RATIO), dim=dim)
 
 
 class GMM(Layer):
@@ -159,14 +162,19 @@ class GMM(Layer):
         the data never use decay geometrically under SGD and would otherwise end as subnormal floats that
         slow every product they enter; their gradient stops at that point instead.
         """
+        tau, b, c = self._terms()
+        return -0.5 * tau, b, c
+
+    def _terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """tau (K, D), b (K, D) and c (K,) of :meth:`coefficients` (whose ``a`` is ``-tau / 2``)."""
         log_tau = self.log_precisions  # [K, D]
         tau = torch.exp(log_tau)
         mu = self.centroids
         b = tau * mu
         b = torch.where(b.abs() < TINY_COEFFICIENT, 0.0, b)
         d = mu.shape[1]
-        c = self.log_weights + 0.5 * (log_tau.sum(1) - d * math.log(2 * math.pi) - (b * mu).sum(1))
-        return -0.5 * tau, b, c
+        c = self.log_weights + 0.5 * (log_tau.sum(1) - d * math.log(2 * math.pi) - torch.linalg.vecdot(b, mu))
+        return tau, b, c
 
     @staticmethod
     def _log_joint_flat(flat: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -225,26 +233,30 @@ class GMM(Layer):
         return -smoothed.gather(-1, best).mean()
 
     def training_loss(self, x: torch.Tensor, sigma: float | None) -> tuple[torch.Tensor, float, torch.Tensor]:
-        """Fast equivalent of :meth:`loss` for SGD: same value, same parameter gradients, no input gradient.
+        """Fast equivalent of :meth:`loss` for SGD, and the layer's output: one pass over ``x`` for both.
+
+        The loss has the value and the parameter gradients of :meth:`loss`, and no input gradient.
 
         Once the winning component of every position is fixed, the objective is linear in ``(a, b, c)`` of
         :meth:`coefficients`; its gradient only needs the (smoothed) per-component sums of ``x^2`` and ``x``
-        — two index-adds — instead of a backward matrix product over all positions.
+        — two index-adds — instead of a backward matrix product over all positions. The chain rule from
+        ``(a, b, c)`` to the parameters is written out in :class:`_LinearObjective` rather than traced by
+        autograd, which for a wide layer (D in the thousands) would spend more time than the products.
 
         Returns
         -------
         loss : scalar tensor whose gradient is that of :meth:`loss` (``x`` is treated as constant).
         objective : float, the objective value (higher is better) = ``-loss(x, sigma)``.
-        log_joint : tensor, shape (N, H, W, K), detached.
+        output : tensor, shape (N, H, W, K), detached: the responsibilities, ``forward(x)``.
         """
-        a, b, c = self.coefficients()
         with torch.no_grad():
+            tau, b, c = self._terms()
             flat = self._flat(x)  # [P, D]
             squares = flat * flat
-            log_joint = torch.addmm(c, squares, a.t()).addmm_(flat, b.t())  # [P, K]
+            log_joint = torch.addmm(c, squares, tau.t(), alpha=-0.5).addmm_(flat, b.t())  # [P, K]
             if sigma is None:
-                weights = responsibilities(log_joint, dim=1)  # gradient of logsumexp: the responsibilities
-                stats_a, stats_b, mass = weights.t() @ squares, weights.t() @ flat, weights.sum(0)
+                output = responsibilities(log_joint, dim=1)  # also the gradient of logsumexp
+                stats_a, stats_b, mass = output.t() @ squares, output.t() @ flat, output.sum(0)
                 objective = torch.logsumexp(log_joint, dim=1).mean()
             else:
                 g = neighbourhood(self.n_components, sigma, device=x.device, dtype=x.dtype)
@@ -252,13 +264,18 @@ class GMM(Layer):
                 smoothed = log_joint if identity else log_joint @ g.t()
                 top, best = smoothed.max(dim=1)  # [P]
                 objective = top.mean()
-                stats_a = torch.zeros_like(a).index_add_(0, best, squares)  # [K, D]
+                output = responsibilities(log_joint, dim=1, row_max=top[:, None] if identity else None)
+                stats_a = torch.zeros_like(tau).index_add_(0, best, squares)  # [K, D]
                 stats_b = torch.zeros_like(b).index_add_(0, best, flat)
                 mass = torch.bincount(best, minlength=self.n_components).to(x.dtype)
                 if not identity:
                     stats_a, stats_b, mass = g.t() @ stats_a, g.t() @ stats_b, g.t() @ mass
-        loss = -((stats_a * a).sum() + (stats_b * b).sum() + (mass * c).sum()) / len(flat)
-        return loss, float(objective), log_joint.reshape(*x.shape[:3], self.n_components)
+            n = len(flat)
+            value = (0.5 * torch.dot(stats_a.flatten(), tau.flatten()) - torch.dot(stats_b.flatten(), b.flatten()) - torch.dot(mass, c)) / n
+        loss = _LinearObjective.apply(
+            self.weight_logits, self.centroids, self.precision_raw, value, (tau, b, stats_a, stats_b, mass), n, self.variance_floor
+        )
+        return loss, float(objective), output.reshape(*x.shape[:3], self.n_components)
 
     # ------------------------------------------------------------------------------------------ sampling
     def sample(
@@ -293,3 +310,44 @@ class GMM(Layer):
             eps = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
             out = out + noise * torch.exp(-0.5 * self.log_precisions[choice]) * eps
         return out.reshape(*control.shape[:3], self.in_shape[2])
+
+
+class _LinearObjective(torch.autograd.Function):
+    """``-(sum S_a a + sum S_b b + sum m c) / n`` for fixed statistics, with its gradient in closed form.
+
+    ``a = -tau / 2``, ``b = tau mu`` (0 where below :data:`TINY_COEFFICIENT`) and
+    ``c = log pi + (sum_d log tau - D log 2 pi - sum_d b mu) / 2`` as in :meth:`GMM.coefficients`, with
+    ``log tau = log tau_max - softplus(precision_raw)`` and ``pi = softmax(weight_logits)``. With the
+    statistics divided by ``n``:
+
+    * ``dL/dmu = [b != 0] tau (m mu - S_b)``
+    * ``dL/dlog tau = (S_a tau - m + b (m mu - 2 S_b)) / 2``, and ``dlog tau/dprecision_raw =
+      -sigmoid(precision_raw) = tau / tau_max - 1``
+    * ``dL/dweight_logits = pi sum(m) - m``
+
+    tests/test_layers.py checks these against autograd through :meth:`GMM.loss`.
+    """
+
+    @staticmethod
+    def forward(ctx, weight_logits, centroids, precision_raw, value, saved, n, variance_floor):
+        ctx.save_for_backward(weight_logits, centroids, *saved)
+        ctx.n, ctx.variance_floor = n, variance_floor
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight_logits, mu, tau, b, stats_a, stats_b, mass = ctx.saved_tensors
+        need_w, need_mu, need_p = ctx.needs_input_grad[:3]
+        s = float(grad) / ctx.n
+        m = mass * s  # [K]
+        grad_w = grad_mu = grad_p = None
+        if need_mu or need_p:
+            m_mu = mu * m[:, None]
+        if need_mu:
+            grad_mu = torch.add(m_mu, stats_b, alpha=-s).mul_(tau).masked_fill_(b == 0, 0.0)
+        if need_p:
+            u = torch.add(m_mu, stats_b, alpha=-2 * s).mul_(b).addcmul_(stats_a, tau, value=s).sub_(m[:, None])
+            grad_p = u.mul_(torch.mul(tau, 0.5 * ctx.variance_floor).sub_(0.5))
+        if need_w:
+            grad_w = torch.softmax(weight_logits, 0) * m.sum() - m
+        return grad_w, grad_mu, grad_p, None, None, None, None
