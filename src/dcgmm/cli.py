@@ -86,13 +86,16 @@ def _start_processes(device: torch.device) -> tuple[int, int, torch.device]:
 
 def cmd_train(args) -> int:
     rank, world, device = _start_processes(_device(args.device))
-    try:
+    if world == 1:
         return _train(args, rank, world, device)
-    finally:
-        if world > 1:
-            from torch import distributed as dist
+    from torch import distributed as dist
 
-            dist.destroy_process_group()
+    try:
+        status = _train(args, rank, world, device)
+        dist.barrier()  # tear the group down together: a rank leaving early can abort its peer's gloo threads
+        return status
+    finally:
+        dist.destroy_process_group()
 
 
 def _train(args, rank: int, world: int, device: torch.device) -> int:
