@@ -97,16 +97,27 @@ def main():
     parser.add_argument("--arch", default="1L", help="architecture to train (default: %(default)s)")
     parser.add_argument("--work", default="/tmp/dcgmm-memmap", help="folder for the .npy and the run (default: %(default)s)")
     args = parser.parse_args()
+    if not args.size_gib * 1024 > args.limit_mib > 0:
+        sys.exit(f"--size-gib {args.size_gib} must exceed --limit-mib {args.limit_mib} (both positive): the file must not fit under the cap")
     if os.geteuid() != 0:
         sys.exit("memmap_limit.py needs root to create a memory cgroup; run it with sudo (or as root in a container)")
     try:
         group = make_cgroup("dcgmm-memmap", args.limit_mib * 2**20)
     except (OSError, RuntimeError) as error:
         sys.exit(f"cannot create a memory cgroup ({error}); this benchmark needs the cgroup memory controller")
-
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     path = work / "digits.npy"
+    try:
+        ok = measure(args, group, path, work)
+    finally:  # the multi-GiB file and the cgroup go, however the run ends
+        path.unlink(missing_ok=True)
+        group.rmdir()
+    sys.exit(0 if ok else 1)
+
+
+def measure(args, group: Path, path: Path, work: Path) -> bool:
+    """Write the file, run both commands under the cap, print the result; True if training finished and the control was killed."""
     n = write_digits(path, args.size_gib)
     size = path.stat().st_size
     print(f"{path}: {n} images, {size / 2**30:.2f} GiB; memory cap {args.limit_mib} MiB ({size / (args.limit_mib * 2**20):.1f}x smaller)")
@@ -123,9 +134,7 @@ def main():
           f"{'finished' if train_status == 0 else f'FAILED (status {train_status})'} in {train_seconds:.0f} s "
           f"(peak memory charged to the cgroup: {'unknown' if train_peak is None else f'{train_peak:.0f} MiB'}); numpy.load "
           f"{'was killed by the cap' if load_status != 0 else 'was NOT stopped by the cap'} (status {load_status})")
-    path.unlink()
-    sys.exit(0 if train_status == 0 and load_status != 0 else 1)
-
+    return train_status == 0 and load_status != 0
 
 if __name__ == "__main__":
     main()
