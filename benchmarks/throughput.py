@@ -29,14 +29,20 @@ from dcgmm.layers import GMM  # noqa: E402
 class NaiveGMM(GMM):
     """Reference: the log joint by broadcasting (x - mu)^2, gradients by autograd through it."""
 
-    def training_loss(self, x, sigma):
+    def training_step(self, x, kernel):
         flat = self._flat(x.detach())  # [P, D]
-        tau = torch.exp(self.log_precisions)  # [K, D]
-        squared = ((flat[:, None, :] - self.centroids[None]) ** 2 * tau[None]).sum(-1)  # [P, K]
-        norm = 0.5 * (self.log_precisions.sum(1) - flat.shape[1] * math.log(2 * math.pi))
-        log_joint = (self.log_weights + norm - 0.5 * squared).reshape(*x.shape[:3], self.n_components)
-        loss = self.loss_from_log_joint(log_joint, sigma)
-        return loss, -float(loss.detach()), torch.softmax(log_joint.detach(), dim=-1)
+        params = [p.detach().requires_grad_() for p in (self.weight_logits, self.centroids, self.precision_raw)]
+        weight_logits, centroids, precision_raw = params
+        with torch.enable_grad():
+            log_tau = self.log_precision_max - torch.nn.functional.softplus(precision_raw)  # [K, D]
+            squared = ((flat[:, None, :] - centroids[None]) ** 2 * torch.exp(log_tau)[None]).sum(-1)  # [P, K]
+            norm = 0.5 * (log_tau.sum(1) - flat.shape[1] * math.log(2 * math.pi))
+            log_joint = torch.log_softmax(weight_logits, 0) + norm - 0.5 * squared
+            smoothed = log_joint if kernel is None else log_joint @ kernel.t()
+            loss = -smoothed.max(dim=1).values.mean()
+            grads = torch.autograd.grad(loss, params)
+        output = torch.softmax(log_joint.detach(), dim=-1).reshape(*x.shape[:3], self.n_components)
+        return -loss.detach(), output, grads
 
 
 def seconds_per_step(spec: str, shape=(28, 28, 1), batch: int = 100, steps: int = 20, naive: bool = False) -> float:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write_bytes, atomic_write_text, save_model
+from .checkpoint import atomic_write_text, save_model
 from .data import load_dataset
 from .errors import InputError
 from .metrics import Bins, davies_bouldin, dunn_index, near_duplicates, pairwise_distances

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .errors import InputError
-from .layers import GMM, Classifier, Folding, Pooling
+from .layers import GMM, Folding, Pooling
 from .layers.gmm import responsibilities
 from .model import DCGMM
 

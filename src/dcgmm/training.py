@@ -36,7 +36,8 @@ from .annealing import Annealing
 from .checkpoint import CHECKPOINT_FILE, _model_tensors, model_from_tensors, read_file, save_file, save_model
 from .data import as_images
 from .errors import CheckpointError, InputError
-from .layers import GMM, Classifier
+from .layers import Classifier
+from .layers.gmm import smoothing_kernel
 from .model import DCGMM
 
 
@@ -216,6 +217,7 @@ class Trainer:
             self.states[index] = LayerState(annealing, start, phase=1, lr=config.lr)
         self.optimizer = torch.optim.SGD(self._param_groups(), lr=config.lr)
         self._apply_phases()
+        self._stack = [layer for layer in model.layers if not isinstance(layer, Classifier)]  # what trains without autograd
 
     # ------------------------------------------------------------------------------------------ setup
     def _batch(self, idx: torch.Tensor) -> torch.Tensor:
@@ -277,31 +279,36 @@ class Trainer:
         Returns each active GMM layer's objective (higher is better), keyed by layer index, and the
         classifier's cross-entropy under ``"classifier"``.
         """
-        objectives, total, h = {}, None, x
-        for index, layer in enumerate(self.model.layers):
-            if isinstance(layer, GMM):
-                state = self.states[index]
-                if self.step >= state.start_step:
-                    loss, objectives[index], h = layer.training_loss(h, state.annealing.sigma)
-                    total = loss if total is None else total + loss
+        kernels = {}
+        for index, layer in self.model.gmm_layers():
+            state = self.states[index]
+            if self.step >= state.start_step:
+                kernels[index] = smoothing_kernel(layer.n_components, state.annealing.sigma, self.device, layer.centroids.dtype)
+        self.optimizer.zero_grad(set_to_none=True)
+        objectives, grads, h = {}, {}, x
+        with torch.no_grad():  # GMM layers: gradients in closed form (GMM.training_step), no autograd
+            for index, layer in enumerate(self._stack):
+                if index in kernels:
+                    objectives[index], h, grads[index] = layer.training_step(h, kernels[index])
                 else:
-                    with torch.no_grad():
-                        h = layer(h)
-            elif isinstance(layer, Classifier):
-                loss = layer.loss(h, y)
-                objectives["classifier"] = float(loss.detach())
-                total = loss if total is None else total + loss
-            else:
-                h = layer(h)
-        if total is not None:
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
+                    h = layer(h)
+        for index, (grad_w, grad_mu, grad_p) in grads.items():
+            layer = self.model.layers[index]
+            layer.centroids.grad = grad_mu
+            if self.states[index].phase == 2:
+                layer.precision_raw.grad, layer.weight_logits.grad = grad_p, grad_w
+        values = dict(zip(objectives, torch.stack(list(objectives.values())).tolist())) if objectives else {}
+        if self.model.classifier is not None:
+            loss = self.model.classifier.loss(h, y)
+            loss.backward()
+            values["classifier"] = float(loss.detach())
+        if values:
             if self.world > 1:
                 self._average_gradients()
             self.optimizer.step()
-        if self.world > 1 and objectives:
-            objectives = self._average_objectives(objectives)
-        for index, value in objectives.items():
+        if self.world > 1 and values:
+            values = self._average_objectives(values)
+        for index, value in values.items():
             if index == "classifier":
                 continue
             state = self.states[index]
@@ -310,7 +317,7 @@ class Trainer:
                 self._apply_phases()
             self._update_phase(index)
         self.step += 1
-        return objectives
+        return values
 
     def _average_gradients(self) -> None:
         """All-reduce (mean) every gradient over the process group, in one flat buffer."""

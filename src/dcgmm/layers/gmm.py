@@ -226,56 +226,23 @@ class GMM(Layer):
         """
         if sigma is None:
             return -torch.logsumexp(log_joint, dim=-1).mean()
-        g = neighbourhood(self.n_components, sigma, device=log_joint.device, dtype=log_joint.dtype)
-        # once sigma is small, g is the identity in floating point: skip the product
-        smoothed = log_joint if bool((g.diagonal() == 1).all()) else log_joint @ g.t()  # [N, H, W, K]
+        g = smoothing_kernel(self.n_components, sigma, device=log_joint.device, dtype=log_joint.dtype)
+        smoothed = log_joint if g is None else log_joint @ g.t()  # [N, H, W, K]
         best = smoothed.detach().argmax(dim=-1, keepdim=True)
         return -smoothed.gather(-1, best).mean()
 
-    def training_loss(self, x: torch.Tensor, sigma: float | None) -> tuple[torch.Tensor, float, torch.Tensor]:
-        """Fast equivalent of :meth:`loss` for SGD, and the layer's output: one pass over ``x`` for both.
+    def training_step(self, x: torch.Tensor, kernel: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """Objective, output and parameter gradients of one SGD step on ``x`` ``(N, H, W, D)``, without autograd.
 
-        The loss has the value and the parameter gradients of :meth:`loss`, and no input gradient.
-
-        Once the winning component of every position is fixed, the objective is linear in ``(a, b, c)`` of
-        :meth:`coefficients`; its gradient only needs the (smoothed) per-component sums of ``x^2`` and ``x``
-        — two index-adds — instead of a backward matrix product over all positions. The chain rule from
-        ``(a, b, c)`` to the parameters is written out in :class:`_LinearObjective` rather than traced by
-        autograd, which for a wide layer (D in the thousands) would spend more time than the products.
-
-        Returns
-        -------
-        loss : scalar tensor whose gradient is that of :meth:`loss` (``x`` is treated as constant).
-        objective : float, the objective value (higher is better) = ``-loss(x, sigma)``.
-        output : tensor, shape (N, H, W, K), detached: the responsibilities, ``forward(x)``.
+        ``kernel``: the smoothing kernel of the annealing radius sigma, :func:`smoothing_kernel`
+        (``None`` once it is the identity). See :func:`max_component_step`; the gradients are those of
+        ``loss(x, sigma)`` with respect to ``(weight_logits, centroids, precision_raw)``, and the output is
+        ``forward(x)``, shape ``(N, H, W, K)``.
         """
-        with torch.no_grad():
-            tau, b, c = self._terms()
-            flat = self._flat(x)  # [P, D]
-            squares = flat * flat
-            log_joint = torch.addmm(c, squares, tau.t(), alpha=-0.5).addmm_(flat, b.t())  # [P, K]
-            if sigma is None:
-                output = responsibilities(log_joint, dim=1)  # also the gradient of logsumexp
-                stats_a, stats_b, mass = output.t() @ squares, output.t() @ flat, output.sum(0)
-                objective = torch.logsumexp(log_joint, dim=1).mean()
-            else:
-                g = neighbourhood(self.n_components, sigma, device=x.device, dtype=x.dtype)
-                identity = bool((g.diagonal() == 1).all())
-                smoothed = log_joint if identity else log_joint @ g.t()
-                top, best = smoothed.max(dim=1)  # [P]
-                objective = top.mean()
-                output = responsibilities(log_joint, dim=1, row_max=top[:, None] if identity else None)
-                stats_a = torch.zeros_like(tau).index_add_(0, best, squares)  # [K, D]
-                stats_b = torch.zeros_like(b).index_add_(0, best, flat)
-                mass = torch.bincount(best, minlength=self.n_components).to(x.dtype)
-                if not identity:
-                    stats_a, stats_b, mass = g.t() @ stats_a, g.t() @ stats_b, g.t() @ mass
-            n = len(flat)
-            value = (0.5 * torch.dot(stats_a.flatten(), tau.flatten()) - torch.dot(stats_b.flatten(), b.flatten()) - torch.dot(mass, c)) / n
-        loss = _LinearObjective.apply(
-            self.weight_logits, self.centroids, self.precision_raw, value, (tau, b, stats_a, stats_b, mass), n, self.variance_floor
+        objective, output, grads = max_component_step(
+            self._flat(x), self.weight_logits.detach(), self.centroids.detach(), self.precision_raw.detach(), kernel, self.variance_floor
         )
-        return loss, float(objective), output.reshape(*x.shape[:3], self.n_components)
+        return objective, output.reshape(*x.shape[:3], self.n_components), grads
 
     # ------------------------------------------------------------------------------------------ sampling
     def sample(
@@ -312,42 +279,72 @@ class GMM(Layer):
         return out.reshape(*control.shape[:3], self.in_shape[2])
 
 
-class _LinearObjective(torch.autograd.Function):
-    """``-(sum S_a a + sum S_b b + sum m c) / n`` for fixed statistics, with its gradient in closed form.
+@functools.lru_cache(maxsize=64)
+def smoothing_kernel(n_components: int, sigma: float, device=None, dtype=torch.float32) -> torch.Tensor | None:
+    """:func:`neighbourhood` for the training step: ``None`` where it is the identity in floating point."""
+    g = neighbourhood(n_components, sigma, device=device, dtype=dtype)
+    return None if bool((g.diagonal() == 1).all()) else g
 
-    ``a = -tau / 2``, ``b = tau mu`` (0 where below :data:`TINY_COEFFICIENT`) and
-    ``c = log pi + (sum_d log tau - D log 2 pi - sum_d b mu) / 2`` as in :meth:`GMM.coefficients`, with
-    ``log tau = log tau_max - softplus(precision_raw)`` and ``pi = softmax(weight_logits)``. With the
-    statistics divided by ``n``:
+
+def max_component_step(
+    flat: torch.Tensor,
+    weight_logits: torch.Tensor,
+    centroids: torch.Tensor,
+    precision_raw: torch.Tensor,
+    kernel: torch.Tensor | None,
+    variance_floor: float,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The annealed max-component objective of a GMM layer, its responsibilities and its gradients in closed form.
+
+    A pure function of tensors, no autograd; :meth:`GMM.training_step` calls it with the layer's parameters.
+
+    Once the winning component ``k*(p) = argmax_k sum_j g_kj log(pi_j N_j(x_p))`` of every position is fixed,
+    the loss ``-mean_p sum_j g_k*j log(pi_j N_j(x_p))`` is linear in ``(a, b, c)`` of
+    :meth:`GMM.coefficients`, with coefficients the per-component sums ``S_a``, ``S_b`` of ``x^2`` and ``x``
+    and the mass ``m``, each weighted by ``g[k*(p)]`` and divided by the number of positions ``n``. With
+    ``tau = exp(log tau_max - softplus(precision_raw))`` and ``b = tau mu`` (0 below
+    :data:`TINY_COEFFICIENT`):
 
     * ``dL/dmu = [b != 0] tau (m mu - S_b)``
     * ``dL/dlog tau = (S_a tau - m + b (m mu - 2 S_b)) / 2``, and ``dlog tau/dprecision_raw =
       -sigmoid(precision_raw) = tau / tau_max - 1``
     * ``dL/dweight_logits = pi sum(m) - m``
 
-    tests/test_layers.py checks these against autograd through :meth:`GMM.loss`.
+    tests/test_layers.py checks value and gradients against autograd through :meth:`GMM.loss`.
+
+    Parameters
+    ----------
+    flat : (P, D) — one row per position.
+    weight_logits (K,), centroids (K, D), precision_raw (K, D) : the layer's parameters (detached).
+    kernel : (K, K) smoothing kernel g, or None for the identity (plain max-component loss).
+
+    Returns
+    -------
+    objective : scalar tensor, higher is better (the loss is its negative).
+    output : (P, K) responsibilities.
+    grads : gradients of the loss with respect to (weight_logits, centroids, precision_raw).
     """
-
-    @staticmethod
-    def forward(ctx, weight_logits, centroids, precision_raw, value, saved, n, variance_floor):
-        ctx.save_for_backward(weight_logits, centroids, *saved)
-        ctx.n, ctx.variance_floor = n, variance_floor
-        return value.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        weight_logits, mu, tau, b, stats_a, stats_b, mass = ctx.saved_tensors
-        need_w, need_mu, need_p = ctx.needs_input_grad[:3]
-        s = float(grad) / ctx.n
-        m = mass * s  # [K]
-        grad_w = grad_mu = grad_p = None
-        if need_mu or need_p:
-            m_mu = mu * m[:, None]
-        if need_mu:
-            grad_mu = torch.add(m_mu, stats_b, alpha=-s).mul_(tau).masked_fill_(b == 0, 0.0)
-        if need_p:
-            u = torch.add(m_mu, stats_b, alpha=-2 * s).mul_(b).addcmul_(stats_a, tau, value=s).sub_(m[:, None])
-            grad_p = u.mul_(torch.mul(tau, 0.5 * ctx.variance_floor).sub_(0.5))
-        if need_w:
-            grad_w = torch.softmax(weight_logits, 0) * m.sum() - m
-        return grad_w, grad_mu, grad_p, None, None, None, None
+    n_components, dim = centroids.shape
+    log_tau = -math.log(variance_floor) - F.softplus(precision_raw)  # [K, D]
+    tau = torch.exp(log_tau)
+    b = tau * centroids
+    dead = b.abs() < TINY_COEFFICIENT
+    b.masked_fill_(dead, 0.0)
+    c = F.log_softmax(weight_logits, dim=0) + 0.5 * (log_tau.sum(1) - dim * math.log(2 * math.pi) - torch.linalg.vecdot(b, centroids))
+    squares = flat * flat
+    log_joint = torch.addmm(c, squares, tau.t(), alpha=-0.5).addmm_(flat, b.t())  # [P, K]
+    n = len(flat)
+    smoothed = log_joint if kernel is None else log_joint @ kernel.t()
+    top, best = smoothed.max(dim=1)  # [P]: the winning component k*(p)
+    output = responsibilities(log_joint, dim=1, row_max=top[:, None] if kernel is None else None)
+    stats_a = torch.zeros_like(tau).index_add_(0, best, squares).div_(n)  # [K, D]
+    stats_b = torch.zeros_like(tau).index_add_(0, best, flat).div_(n)
+    mass = torch.bincount(best, minlength=n_components).to(flat.dtype).div_(n)
+    if kernel is not None:  # position p counts g[k*(p), j] towards component j
+        stats_a, stats_b, mass = kernel.t() @ stats_a, kernel.t() @ stats_b, kernel.t() @ mass
+    m_mu = centroids * mass[:, None]
+    grad_mu = torch.sub(m_mu, stats_b).mul_(tau).masked_fill_(dead, 0.0)
+    grad_p = torch.add(m_mu, stats_b, alpha=-2.0).mul_(b).addcmul_(stats_a, tau).sub_(mass[:, None])
+    grad_p.mul_(torch.mul(tau, 0.5 * variance_floor).sub_(0.5))
+    grad_w = torch.softmax(weight_logits, dim=0) * mass.sum() - mass
+    return top.mean(), output, (grad_w, grad_mu, grad_p)
