@@ -167,14 +167,7 @@ class GMM(Layer):
 
     def _terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """tau (K, D), b (K, D) and c (K,) of :meth:`coefficients` (whose ``a`` is ``-tau / 2``)."""
-        log_tau = self.log_precisions  # [K, D]
-        tau = torch.exp(log_tau)
-        mu = self.centroids
-        b = tau * mu
-        b = torch.where(b.abs() < TINY_COEFFICIENT, 0.0, b)
-        d = mu.shape[1]
-        c = self.log_weights + 0.5 * (log_tau.sum(1) - d * math.log(2 * math.pi) - torch.linalg.vecdot(b, mu))
-        return tau, b, c
+        return _gaussian_terms(self.weight_logits, self.centroids, self.precision_raw, self.variance_floor)
 
     @staticmethod
     def _log_joint_flat(flat: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -279,6 +272,17 @@ class GMM(Layer):
         return out.reshape(*control.shape[:3], self.in_shape[2])
 
 
+def _gaussian_terms(weight_logits, centroids, precision_raw, variance_floor: float) -> tuple[torch.Tensor, ...]:
+    """tau, b = tau mu (K, D) and c (K,) of :meth:`GMM.coefficients`, from the raw parameters."""
+    log_tau = -math.log(variance_floor) - F.softplus(precision_raw)  # [K, D]
+    tau = torch.exp(log_tau)
+    b = tau * centroids
+    b.masked_fill_(b.abs() < TINY_COEFFICIENT, 0.0)
+    dim = centroids.shape[1]
+    c = F.log_softmax(weight_logits, dim=0) + 0.5 * (log_tau.sum(1) - dim * math.log(2 * math.pi) - torch.linalg.vecdot(b, centroids))
+    return tau, b, c
+
+
 @functools.lru_cache(maxsize=64)
 def smoothing_kernel(n_components: int, sigma: float, device=None, dtype=torch.float32) -> torch.Tensor | None:
     """:func:`neighbourhood` for the training step: ``None`` where it is the identity in floating point."""
@@ -324,13 +328,8 @@ def max_component_step(
     output : (P, K) responsibilities.
     grads : gradients of the loss with respect to (weight_logits, centroids, precision_raw).
     """
-    n_components, dim = centroids.shape
-    log_tau = -math.log(variance_floor) - F.softplus(precision_raw)  # [K, D]
-    tau = torch.exp(log_tau)
-    b = tau * centroids
-    dead = b.abs() < TINY_COEFFICIENT
-    b.masked_fill_(dead, 0.0)
-    c = F.log_softmax(weight_logits, dim=0) + 0.5 * (log_tau.sum(1) - dim * math.log(2 * math.pi) - torch.linalg.vecdot(b, centroids))
+    tau, b, c = _gaussian_terms(weight_logits, centroids, precision_raw, variance_floor)
+    dead = b == 0
     squares = flat * flat
     log_joint = torch.addmm(c, squares, tau.t(), alpha=-0.5).addmm_(flat, b.t())  # [P, K]
     n = len(flat)
@@ -339,7 +338,7 @@ def max_component_step(
     output = responsibilities(log_joint, dim=1, row_max=top[:, None] if kernel is None else None)
     stats_a = torch.zeros_like(tau).index_add_(0, best, squares).div_(n)  # [K, D]
     stats_b = torch.zeros_like(tau).index_add_(0, best, flat).div_(n)
-    mass = torch.bincount(best, minlength=n_components).to(flat.dtype).div_(n)
+    mass = torch.bincount(best, minlength=len(centroids)).to(flat.dtype).div_(n)
     if kernel is not None:  # position p counts g[k*(p), j] towards component j
         stats_a, stats_b, mass = kernel.t() @ stats_a, kernel.t() @ stats_b, kernel.t() @ mass
     m_mu = centroids * mass[:, None]
