@@ -33,6 +33,10 @@ VARIANTS = {
     "top100-wait0.2": (LOWER.format(k1=25, k2=25, k3=100), 0.05, {"wait": 0.2}),
     "top100-seed1": (LOWER.format(k1=25, k2=25, k3=100), 0.05, {"seed": 1}),
     "top100-seed2": (LOWER.format(k1=25, k2=25, k3=100), 0.05, {"seed": 2}),
+    "top100-batch50": (LOWER.format(k1=25, k2=25, k3=100), 0.05, {"batch_size": 50}),
+    "top100-precision-rate50": (LOWER.format(k1=25, k2=25, k3=100), 0.05, {"rate_precisions": 50.0}),
+    "top100-lr0.05": (LOWER.format(k1=25, k2=25, k3=100), 0.05, {"lr": 0.05}),
+    "top100-phase2-at-0.2": (LOWER.format(k1=25, k2=25, k3=100), 0.05, {"precisions_from": 0.2}),
 }
 
 

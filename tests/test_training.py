@@ -78,6 +78,14 @@ def test_learning_rates_that_overshoot_are_refused(digits):
     assert history[-1].objective[1] > history[0].objective[1]
 
 
+def test_an_empty_batch_is_refused(digits):
+    images, _ = digits
+    trainer = Trainer(DCGMM.from_spec(SMALL, input_shape=(8, 8, 1)), TrainConfig(batch_size=50), images)
+    with pytest.raises(InputError, match="empty batch"):
+        trainer.train_step(torch.zeros(0, 8, 8, 1), None)
+    assert trainer.step == 0
+
+
 def test_classifier_needs_labels(digits):
     images, _ = digits
     with pytest.raises(Exception, match="needs labels"):

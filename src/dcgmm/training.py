@@ -279,6 +279,8 @@ class Trainer:
         Returns each active GMM layer's objective (higher is better), keyed by layer index, and the
         classifier's cross-entropy under ``"classifier"``.
         """
+        if len(x) == 0:
+            raise InputError("train_step got an empty batch: give at least one image")
         kernels = {}
         for index, layer in self.model.gmm_layers():
             state = self.states[index]
