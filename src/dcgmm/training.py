@@ -4,15 +4,16 @@ Every GMM layer is trained on its own loss of its detached input, all layers at 
 SGD from random initial values:
 
 * loss: the max-component approximation with annealed smoothing (:meth:`GMM.loss`), one
-  :class:`~dcgmm.annealing.Annealing` controller per layer;
+  :class:`~dcgmm.annealing.Annealing` controller per layer; its gradients come in closed form
+  (:meth:`GMM.training_step`), without autograd;
 * two phases per layer: first only the centroids adapt; once the layer's annealing has reached its floor
   (or a given fraction of training has passed) the precisions and mixing weights adapt too;
 * per-parameter rate factors; layers above the first may wait a fraction of training before they adapt;
 * a top classifier, if present, trains alongside on cross-entropy.
 
 Data-parallel training: inside a ``torch.distributed`` process group (e.g. started by ``torchrun``), every
-process takes its share of each global batch (``batch_size`` images, split evenly by rank), and after each
-backward pass the gradients are averaged over all processes with one all-reduce, as DDP does. The per-step
+process takes its share of each global batch (``batch_size`` images, split evenly by rank), and in each
+step the gradients are averaged over all processes with one all-reduce, as DDP does. The per-step
 objectives that drive the annealing are all-reduced too, so every process anneals identically and all
 hold the same parameters: the run equals a single process with the same global batch and seed, up to the
 order of floating-point sums.
