@@ -37,6 +37,8 @@ VARIANTS = {
     "top100-precision-rate50": (LOWER.format(k1=25, k2=25, k3=100), 0.05, {"rate_precisions": 50.0}),
     "top100-lr0.05": (LOWER.format(k1=25, k2=25, k3=100), 0.05, {"lr": 0.05}),
     "top100-phase2-at-0.2": (LOWER.format(k1=25, k2=25, k3=100), 0.05, {"precisions_from": 0.2}),
+    "top100-precision-rate500": (LOWER.format(k1=25, k2=25, k3=100), 0.05, {"rate_precisions": 500.0}),
+    "top100-floor0.04": (LOWER.format(k1=25, k2=25, k3=100), 0.04, {"lr": 0.08}),
 }
 
 
