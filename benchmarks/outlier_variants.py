@@ -39,6 +39,8 @@ VARIANTS = {
     "top100-phase2-at-0.2": (LOWER.format(k1=25, k2=25, k3=100), 0.05, {"precisions_from": 0.2}),
     "top100-precision-rate500": (LOWER.format(k1=25, k2=25, k3=100), 0.05, {"rate_precisions": 500.0}),
     "top100-floor0.04": (LOWER.format(k1=25, k2=25, k3=100), 0.04, {"lr": 0.08}),
+    "no-second-pooling-top49": ("F(3,3,1,1) G(25) P(2,2) F(4,4,1,1) G(25) F(10,10,1,1) G(49)", 0.05, {}),
+    "no-second-pooling-top100": ("F(3,3,1,1) G(25) P(2,2) F(4,4,1,1) G(25) F(10,10,1,1) G(100)", 0.05, {}),
 }
 
 
