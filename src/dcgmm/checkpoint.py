@@ -17,12 +17,13 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
-from .errors import CheckpointError
+from .errors import CheckpointError, SpecError
 from .model import DCGMM, ModelConfig
 
 MODEL_FILE = "model.safetensors"
@@ -66,7 +67,10 @@ def read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist: pass a run folder written by `dcgmm train` or its model file")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read ({exc.strerror}): check its permissions") from None
     try:
         tensors = load_bytes(raw)
         header_len = int.from_bytes(raw[:8], "little")
@@ -75,7 +79,7 @@ def read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
         if metadata.get("format") != FORMAT:
             raise CheckpointError(f"{path} is a safetensors file but not a dcgmm model or checkpoint")
         return tensors, {k: json.loads(v) for k, v in metadata.items() if k != "format"}
-    except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
+    except (SafetensorError, ValueError, UnicodeDecodeError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path} is corrupt or truncated ({exc}); retrain, or resume from an intact copy") from None
 
 
@@ -95,13 +99,21 @@ def model_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source:
     """Rebuild a model (with its outlier statistics, if saved) from the tensors and metadata of a file."""
     from .outliers import OutlierStatistics
 
-    if "model_config" not in metadata:
+    if not isinstance(metadata.get("model_config"), dict):
         raise CheckpointError(f"{source} has no model configuration; it was not written by dcgmm")
     try:
         model = DCGMM(ModelConfig(**metadata["model_config"]))
     except TypeError as exc:
         raise CheckpointError(f"{source}: unknown model configuration ({exc}); it was written by another dcgmm version") from None
+    except SpecError as exc:
+        raise CheckpointError(f"{source}: its model configuration is invalid ({exc}); the file is damaged or was not written by dcgmm") from None
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    bad = [name for name, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise CheckpointError(
+            f"{source} holds NaN or inf weights ({', '.join(bad[:3])}): the run that wrote it diverged; retrain, with "
+            f"images scaled to [0, 1]"
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -109,8 +121,10 @@ def model_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source:
     if "statistics" in metadata:
         try:
             model.statistics = OutlierStatistics.from_tensors(tensors, metadata["statistics"])
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise CheckpointError(f"{source}: outlier statistics are incomplete ({exc}); recompute them with `dcgmm stats`") from None
+        if not all(np.isfinite(s.mean).all() and np.isfinite(s.variance).all() for s in model.statistics.layers.values()):
+            raise CheckpointError(f"{source}: its outlier statistics hold NaN or inf; recompute them with `dcgmm stats`")
     return model
 
 

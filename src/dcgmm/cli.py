@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
+import re
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,19 +21,46 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoint import CHECKPOINT_FILE, atomic_write_bytes, atomic_write_text, load_model
-from .data import DATASETS, fetch, load_dataset, load_npy, open_npy, parse_classes
-from .errors import DCGMMError, InputError
+from .checkpoint import CHECKPOINT_FILE, MODEL_FILE, atomic_write_bytes, atomic_write_text, load_model
+from .data import DATASETS, fetch, load_dataset, load_npy, open_npy, parse_classes, read_array
+from .errors import DCGMMError, InputError, TrainingDiverged
 from .inpainting import DEFAULT_C, DEFAULT_COVERAGE
 from .model import DCGMM, ModelConfig
-from .spec import PRESETS
+from .plots import PICTURE_SUFFIXES
+from .runs import clear_run, lock_run, remove_stale_temporaries, writable_file, writable_folder
+from .spec import PRESETS, parse
 from .training import TrainConfig, Trainer
 
 
 def _device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: no CUDA GPU is visible to PyTorch here; use --device cpu")
-    return torch.device(name)
+    """``--device``: cpu, cuda or cuda:N (any case); anything else, or a GPU that is not there, is refused."""
+    text = name.strip().lower()
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", text):
+        raise InputError(f"--device {name}: use cpu, or cuda (cuda:N for GPU N)")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {name}: no CUDA GPU is visible to PyTorch here; use --device cpu")
+        if ":" in text and int(text.split(":")[1]) >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return torch.device(text)
+
+
+def _finite(text: str) -> float:
+    """argparse type: a finite float (no nan, no inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+def _integer(text: str) -> int:
+    """argparse type: an integer written with the digits 0-9."""
+    if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (digits 0-9)")
+    return int(text)
 
 
 def _load_images(args, split: str, stream: bool = False):
@@ -98,37 +128,75 @@ def cmd_train(args) -> int:
         dist.destroy_process_group()
 
 
+DEFAULT_ARCH = "2L-c"
+"""The architecture `dcgmm train` builds when --arch is not given."""
+RESUMED_SETTINGS = ("arch", "batch_size", "seed", "lr", "wait", "variance_floor")
+"""Options of `dcgmm train` that a resumed run takes from its checkpoint (giving another value is refused)."""
+
+
 def _train(args, rank: int, world: int, device: torch.device) -> int:
     """Train (every process of a torchrun group); only rank 0 writes files and prints."""
+    out = Path(args.out)
+    if rank != 0:
+        return _train_in(args, rank, world, device, out)
+    writable_folder(out, "--out").mkdir(parents=True, exist_ok=True)
+    with lock_run(out):
+        remove_stale_temporaries(out)
+        return _train_in(args, rank, world, device, out)
+
+
+def _check_resumed_settings(args, trainer: Trainer, out: Path) -> None:
+    saved = {"arch": trainer.model.spec, "batch_size": trainer.config.batch_size, "seed": trainer.config.seed,
+             "lr": trainer.config.lr, "wait": trainer.config.wait, "variance_floor": trainer.model.config.variance_floor}
+    for name in RESUMED_SETTINGS:
+        given = getattr(args, name)
+        if given is None:
+            continue
+        same = (DCGMM(ModelConfig(given, trainer.model.input_shape)).spec == saved[name]) if name == "arch" else given == saved[name]
+        if not same:
+            option = "--" + name.replace("_", "-")
+            raise InputError(f"--resume continues {out} with the settings it was trained with ({option} {saved[name]}); "
+                             f"drop {option}, or start a new run in another --out")
+
+
+def _train_in(args, rank: int, world: int, device: torch.device, out: Path) -> int:
     from .plots import plot_centroids, plot_history
 
-    out = Path(args.out)
     say = print if rank == 0 else (lambda *a, **k: None)
-    images, labels = _load_images(args, "train", stream=True)
+    held = [name for name in (MODEL_FILE, CHECKPOINT_FILE) if (out / name).exists()]
     if args.resume:
         if not (out / CHECKPOINT_FILE).is_file():
             raise InputError(f"--resume: {out / CHECKPOINT_FILE} does not exist; start without --resume")
+        images, labels = _load_images(args, "train", stream=True)
         trainer = Trainer.resume(out, images, labels, device=device, epochs=args.epochs)
+        _check_resumed_settings(args, trainer, out)
         say(f"resuming {out} at epoch {trainer.epoch}/{trainer.config.epochs}")
     else:
-        if (out / CHECKPOINT_FILE).exists() and not args.overwrite:
-            raise InputError(f"{out} already holds a run: pass --resume to continue it, --overwrite to replace it, or another --out")
-        model = DCGMM(ModelConfig(args.arch, tuple(images.shape[1:]), variance_floor=args.variance_floor))
-        overrides = {k: getattr(args, k) for k in ("lr", "wait") if getattr(args, k) is not None}
-        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, **overrides)
-        trainer = Trainer(model, config, images, labels, device=device)
+        if held and not args.overwrite:
+            raise InputError(f"{out} already holds a run ({', '.join(held)}): pass --resume to continue it, --overwrite to replace it, or another --out")
+        images, labels = _load_images(args, "train", stream=True)
+        model_options = {} if args.variance_floor is None else {"variance_floor": args.variance_floor}
+        model = DCGMM(ModelConfig(args.arch or DEFAULT_ARCH, tuple(images.shape[1:]), **model_options))
+        settings = {k: getattr(args, k) for k in ("epochs", "batch_size", "seed", "lr", "wait") if getattr(args, k) is not None}
+        trainer = Trainer(model, TrainConfig(**settings), images, labels, device=device)
+        if args.overwrite and rank == 0:  # only now that every setting was accepted
+            clear_run(out)
     model = trainer.model
     processes = f", {world} processes (global batch {trainer.config.batch_size})" if world > 1 else ""
     say(f"dcgmm {__version__}: training {model.spec} on {len(images)} images {tuple(images.shape[1:])}, device {device}{processes}")
     for line in model.layer_summary():
         say("  " + line)
     start = time.perf_counter()
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        trainer.fit(progress=not args.quiet, on_epoch_end=lambda t: t.save_checkpoint(out))
-    else:
+    if rank != 0:
         trainer.fit(progress=False)
         return 0  # rank 0 writes the checkpoint, statistics, pictures and reports
+    try:  # every finished epoch is in the checkpoint (a resumed run's first epochs were already there)
+        trainer.fit(progress=not args.quiet, on_epoch_end=lambda t: t.save_checkpoint(out))
+    except KeyboardInterrupt:
+        print(f"dcgmm: interrupted during epoch {trainer.epoch + 1}; {_saved(out, trainer.epoch)}", file=sys.stderr)
+        return 130
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(f"{exc} {_saved(out, trainer.epoch)}") from None
     seconds = time.perf_counter() - start
     history = [asdict(r) for r in trainer.history]
     atomic_write_text(out / "history.json", json.dumps(history, indent=1))
@@ -137,7 +205,7 @@ def _train(args, rank: int, world: int, device: torch.device) -> int:
         plot_centroids(model, index, out / f"centroids_layer{index}.png")
     print(f"trained in {seconds:.1f} s; model and checkpoint in {out}")
     _fit_and_save_statistics(model, images, _describe(args, "train"), out, progress=not args.quiet)
-    _write_samples(model, out, seed=args.seed, progress=not args.quiet)
+    _write_samples(model, out, seed=trainer.config.seed, progress=not args.quiet)
 
     if args.data is None:
         test_images, _ = load_dataset(args.dataset, "test", parse_classes(args.classes), data_dir=args.data_dir)
@@ -149,6 +217,13 @@ def _train(args, rank: int, world: int, device: torch.device) -> int:
         if args.classes:
             _held_out_curve(model, args, test_images, out)
     return 0
+
+
+def _saved(out: Path, epoch: int) -> str:
+    """Where a stopped training run stands on disk."""
+    if not epoch:
+        return "no epoch had finished, so no checkpoint was written"
+    return f"the checkpoint of epoch {epoch} in {out} is intact: continue with --resume"
 
 
 def _describe(args, split: str) -> str:
@@ -200,6 +275,8 @@ def _write_samples(model: DCGMM, out: Path, seed: int, progress: bool) -> None:
 def cmd_eval(args) -> int:
     model = load_model(args.model, device=_device(args.device))
     images, _ = _load_images(args, args.split)
+    source = Path(args.data).name if args.data else f"{args.dataset}-{args.split}"
+    out = writable_file(Path(args.out) if args.out else _default_out(args.model, f"eval-{source}.json"), "--out" if args.out else "the report file")
     report = {
         "model": str(args.model),
         "spec": model.spec,
@@ -209,8 +286,6 @@ def cmd_eval(args) -> int:
         "n_images": len(images),
         "layers": _layer_report(model, images, args.batch_size),
     }
-    source = Path(args.data).name if args.data else f"{args.dataset}-{args.split}"
-    out = Path(args.out) if args.out else (Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent) / f"eval-{source}.json"
     atomic_write_text(out, json.dumps(report, indent=1))
     print(f"{model.spec} on {report['data']} ({len(images)} images):")
     _print_report(report)
@@ -238,9 +313,14 @@ def cmd_sample(args) -> int:
     from .sampling import sample, sample_classes
 
     device = _device(args.device)
-    model = load_model(args.model, device=device)
     if args.n < 1:
         raise InputError(f"--n must be at least 1; got {args.n}")
+    model = load_model(args.model, device=device)
+    if args.out and Path(args.out).suffix.lower() == ".npy":
+        raise InputError(f"--out {args.out} names the picture of the samples; write the array with --npy {args.out}")
+    out = writable_file(Path(args.out) if args.out else _default_out(args.model, "samples.png"), "--out", PICTURE_SUFFIXES)
+    if args.npy:
+        writable_file(args.npy, "--npy", (".npy",))
     top_s = None if args.S == 0 else args.S
     options = dict(top_s=top_s, noise=args.noise, sharpening=_sharpening(args), generator=_generator(args, device), progress=not args.quiet)
     start = time.perf_counter()
@@ -255,7 +335,6 @@ def cmd_sample(args) -> int:
         row_labels, ncols = None, 10
     seconds = time.perf_counter() - start
     images = images.cpu().numpy()
-    out = Path(args.out) if args.out else _default_out(args.model, "samples.png")
     sharp = f"sharpened {args.steps}x{args.rate}" if args.sharpen else "not sharpened"
     plot_samples(images, out, ncols=ncols, title=f"{model.spec}: top-{args.S or 'all'}, {sharp}", row_labels=row_labels)
     print(f"{len(images)} samples in {seconds:.1f} s -> {out}")
@@ -272,6 +351,7 @@ def cmd_variants(args) -> int:
     device = _device(args.device)
     model = load_model(args.model, device=device)
     templates = load_npy(args.npy)
+    out = writable_folder(args.out, "--out")
     if args.per_template < 1:
         raise InputError(f"--per-template must be at least 1; got {args.per_template}")
     top_s = None if args.S == 0 else args.S
@@ -282,8 +362,6 @@ def cmd_variants(args) -> int:
         generator=_generator(args, device), progress=not args.quiet,
     ).cpu().numpy()
     seconds = time.perf_counter() - start
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "variants.npy", _npy_bytes(images.reshape(len(templates), args.per_template, *images.shape[1:])))
     k = args.per_template
     shown = min(len(templates), 20)
@@ -305,11 +383,15 @@ def _load_model_for(args):
 
 
 def cmd_stats(args) -> int:
-    model = _load_model_for(args)
-    images, _ = _load_images(args, args.split)
     target = Path(args.model)
     if target.is_file() and target.name == CHECKPOINT_FILE:  # never overwrite a resume checkpoint with a model
         target = target.parent
+    if target.is_dir():
+        writable_file(target / MODEL_FILE, "the model file")
+    else:
+        writable_file(target, "--model")
+    model = _load_model_for(args)
+    images, _ = _load_images(args, args.split)
     _fit_and_save_statistics(model, images, _describe(args, args.split), target, progress=not args.quiet)
     for index, stats in model.statistics.layers.items():
         print(f"  layer {index} {model.layers[index].spec():<8} positions {stats.mean.shape[0]}x{stats.mean.shape[1]}: "
@@ -338,10 +420,10 @@ def cmd_outliers(args) -> int:
     require_statistics(model)
     inliers, inlier_text = _scored_images(args, "inliers")
     outliers, outlier_text = _scored_images(args, "outliers")
+    out = writable_folder(args.out, "--out")
     scores_in = image_scores(model, inliers, args.batch_size)
     scores_out = image_scores(model, outliers, args.batch_size)
     curve = outlier_curve(scores_in, scores_out)
-    out = Path(args.out)
     report = {"model": str(args.model), "spec": model.spec, "statistics": model.statistics.source,
               "inliers": inlier_text, "outliers": outlier_text, **curve}
     atomic_write_text(out / "outliers.json", json.dumps(report, indent=1))
@@ -362,6 +444,7 @@ def cmd_score(args) -> int:
 
     model = _load_model_for(args)
     images = load_npy(args.npy)
+    writable_file(args.out, "--out", (".npy",))
     if args.raw:
         scores = model.log_likelihoods(images, args.batch_size)[-1].per_image
         what = "top-layer log-likelihood (nats)"
@@ -387,13 +470,13 @@ def cmd_inpaint(args) -> int:
     clean = load_npy(args.clean) if args.clean else None
     if clean is not None and clean.shape != damaged.shape:
         raise InputError(f"--clean has shape {clean.shape} but the damaged images have {damaged.shape}")
+    out = writable_folder(args.out, "--out")
     start = time.perf_counter()
     result = inpaint(
         model, damaged, mask=mask, c=args.c, coverage=args.coverage, top_s=None if args.S == 0 else args.S,
         marginalize=args.marginalize, sharpening=_sharpening(args), generator=_generator(args, device), progress=not args.quiet,
     )
     seconds = time.perf_counter() - start
-    out = Path(args.out)
     atomic_write_bytes(out / "inpainted.npy", _npy_bytes(result.images))
     atomic_write_bytes(out / "replaced.npy", _npy_bytes(result.masks))
     how = "given mask" if mask is not None else f"located by the model, c={args.c:g}"
@@ -410,12 +493,7 @@ def cmd_inpaint(args) -> int:
 
 
 def _load_mask(path: str) -> np.ndarray:
-    if not Path(path).is_file():
-        raise InputError(f"--mask {path} does not exist: pass a .npy of booleans (N, H, W) or (H, W)")
-    try:
-        mask = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"--mask {path} is not a readable .npy array ({exc})") from None
+    mask = read_array(path, "--mask")
     if mask.dtype != bool and not (np.issubdtype(mask.dtype, np.number) and np.isin(mask, (0, 1)).all()):
         raise InputError(f"--mask {path} must hold booleans or 0/1 values; got dtype {mask.dtype}")
     return mask.astype(bool)
@@ -424,14 +502,14 @@ def _load_mask(path: str) -> np.ndarray:
 def cmd_occlude(args) -> int:
     from .inpainting import occlude
 
-    images, _ = _load_images(args, args.split)
     if args.n < 1:
         raise InputError(f"--n must be at least 1; got {args.n}")
-    images = images[: args.n]
     low, high = _size_range(args.size)
     fill = args.fill if args.fill == "noise" else _fill_value(args.fill)
+    images, _ = _load_images(args, args.split)
+    images = images[: args.n]
+    out = writable_folder(args.out, "--out")
     damaged, masks = occlude(images, size=(low, high), fill=fill, seed=args.seed)
-    out = Path(args.out)
     for name, array in (("damaged", damaged), ("mask", masks), ("clean", images)):
         atomic_write_bytes(out / f"{name}.npy", _npy_bytes(array))
     print(f"{len(images)} images with one {low}-{high} px square ({args.fill}) -> {out}/damaged.npy, mask.npy, clean.npy")
@@ -439,20 +517,23 @@ def cmd_occlude(args) -> int:
 
 
 def _size_range(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(p) for p in text.split("-")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2) or min(parts) < 1:
-        raise InputError(f"--size takes a side or a range like 10-14 (pixels); got {text!r}")
-    return parts[0], parts[-1]
+    match = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", text)
+    if not match or int(match.group(1)) < 1:
+        raise InputError(f"--size takes a side or a range like 10-14 (pixels, at least 1); got {text!r}")
+    low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+    if high < low:
+        raise InputError(f"--size {text}: the range is empty; write the smaller side first, e.g. {high}-{low}")
+    return low, high
 
 
 def _fill_value(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise InputError(f"--fill takes 'noise' or a number such as 0.5; got {text!r}") from None
+    if not math.isfinite(value):
+        raise InputError(f"--fill takes 'noise' or a finite number such as 0.5; got {text}")
+    return value
 
 
 def cmd_experiment(args) -> int:
@@ -505,16 +586,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model and write a run folder", description="Train a DCGMM end to end by SGD; writes model, checkpoint, curves, centroid pictures and test log-likelihoods into --out.")
-    p.add_argument("--arch", default="2L-c", help=f"preset ({', '.join(PRESETS)}) or spec string like 'F(8,8,2,2) G(25) F(11,11,1,1) G(36)' (default: %(default)s)")
+    p.add_argument("--arch", help=f"preset ({', '.join(PRESETS)}) or spec string like 'F(8,8,2,2) G(25) F(11,11,1,1) G(36)' (default: {DEFAULT_ARCH})")
     _add_data_options(p)
-    p.add_argument("--epochs", type=int, default=25, help="default: %(default)s")
-    p.add_argument("--batch-size", type=int, default=100, help="default: %(default)s")
-    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    p.add_argument("--lr", type=float, help=f"base learning rate (default: {TrainConfig.lr})")
-    p.add_argument("--wait", type=float, help="fraction of training each higher GMM layer waits before adapting (default: 0)")
-    p.add_argument("--variance-floor", type=float, default=0.05, help="smallest component variance (default: %(default)s)")
+    p.add_argument("--epochs", type=_integer, help=f"default: {TrainConfig.epochs}; with --resume, the run's own")
+    p.add_argument("--batch-size", type=_integer, help=f"default: {TrainConfig.batch_size}")
+    p.add_argument("--seed", type=_integer, help=f"default: {TrainConfig.seed}")
+    p.add_argument("--lr", type=_finite, help=f"base learning rate (default: {TrainConfig.lr})")
+    p.add_argument("--wait", type=_finite, help=f"fraction of training each higher GMM layer waits before adapting, in [0, 1) (default: {TrainConfig.wait})")
+    p.add_argument("--variance-floor", type=_finite, help=f"smallest component variance (default: {ModelConfig.variance_floor})")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, with its own settings")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
@@ -523,24 +604,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="run folder (or model file)")
     _add_data_options(p)
     p.add_argument("--split", default="test", choices=["train", "test"], help="default: %(default)s")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=_integer, default=500)
     p.add_argument("--out", help="JSON file (default: eval-<data>.json in the run folder)")
     p.set_defaults(func=cmd_eval)
 
     def add_sampling_options(p, default_s: int) -> None:
         p.add_argument("--model", required=True, help="run folder (or model file)")
-        p.add_argument("--S", type=int, default=default_s, help="top-S sampling: choose among the S largest control values (0 = all; default: %(default)s)")
+        p.add_argument("--S", type=_integer, default=default_s, help="top-S sampling: choose among the S largest control values (0 = all; default: %(default)s)")
         p.add_argument("--sharpen", action=argparse.BooleanOptionalAction, default=True, help="gradient-ascent sharpening below Folding/Pooling layers (default: on)")
-        p.add_argument("--steps", type=int, default=1000, help="sharpening steps G (default: %(default)s)")
-        p.add_argument("--rate", type=float, default=0.1, help="sharpening step size (default: %(default)s)")
-        p.add_argument("--noise", type=float, default=0.0, help="add noise x sigma x N(0,1) to every emitted centroid (default: 0, centroids only)")
-        p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+        p.add_argument("--steps", type=_integer, default=1000, help="sharpening steps G (default: %(default)s)")
+        p.add_argument("--rate", type=_finite, default=0.1, help="sharpening step size (default: %(default)s)")
+        p.add_argument("--noise", type=_finite, default=0.0, help="add noise x sigma x N(0,1) to every emitted centroid (default: 0, centroids only)")
+        p.add_argument("--seed", type=_integer, default=0, help="default: %(default)s")
         p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("sample", help="draw samples (optionally of given classes) into a PNG grid and .npy", description="Sample images top-down from a trained model; with --classes, sample through its top classifier.")
     add_sampling_options(p, default_s=1)
-    p.add_argument("--n", type=int, default=100, help="number of samples; with --classes, per class (default: %(default)s)")
+    p.add_argument("--n", type=_integer, default=100, help="number of samples; with --classes, per class (default: %(default)s)")
     p.add_argument("--classes", help="conditional sampling of these classes, e.g. 0,3,7 (needs a model with a C layer)")
     p.add_argument("--out", help="PNG grid (default: samples.png in the run folder)")
     p.add_argument("--npy", help="also write the samples as an (N, H, W, C) .npy array")
@@ -549,8 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("variants", help="generate variants of template images", description="Variant generation (paper Sec. III-B6): forward each template, sample from the top responsibilities; --clamp-layer clamps the signal of layers >= L to the template's activities.")
     add_sampling_options(p, default_s=2)
     p.add_argument("--npy", required=True, help="templates, (N, H, W) or (N, H, W, C) .npy")
-    p.add_argument("--clamp-layer", type=int, help="the paper's L-hat, layers counted from 1 at the bottom; 1 returns the templates, top GMM + 1 clamps nothing (default)")
-    p.add_argument("--per-template", type=int, default=8, help="variants per template (default: %(default)s)")
+    p.add_argument("--clamp-layer", type=_integer, help="the paper's L-hat, layers counted from 1 at the bottom; 1 returns the templates, top GMM + 1 clamps nothing (default)")
+    p.add_argument("--per-template", type=_integer, default=8, help="variants per template (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for variants.npy (N, per-template, H, W, C) and variants.png")
     p.set_defaults(func=cmd_variants)
 
@@ -569,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{side}-npy", help=f"or: the {side} as a .npy of images")
     p.add_argument("--split", default="test", choices=["train", "test"], help="split of the named datasets (default: %(default)s)")
     p.add_argument("--data-dir", help="folder holding the four standard IDX files")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=_integer, default=500)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for outliers.json, outliers.png and scores.npz")
     p.set_defaults(func=cmd_outliers)
@@ -579,8 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--npy", required=True, help="images, (N, H, W) or (N, H, W, C) .npy")
     p.add_argument("--out", required=True, help="scores as a (N,) float64 .npy")
     p.add_argument("--raw", action="store_true", help="write the top layer's log-likelihood in nats instead (needs no statistics)")
-    p.add_argument("--c", type=float, default=0.0, help="report how many images are outliers at this c (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--c", type=_finite, default=0.0, help="report how many images are outliers at this c (default: %(default)s)")
+    p.add_argument("--batch-size", type=_integer, default=500)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.set_defaults(func=cmd_score)
 
@@ -589,8 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(sharpen=False)
     p.add_argument("--npy", required=True, help="damaged images, (N, H, W) or (N, H, W, C) .npy")
     p.add_argument("--mask", help="optional .npy of booleans (N, H, W) or (H, W): the damaged pixels; default: found by the model")
-    p.add_argument("--c", type=float, default=DEFAULT_C, help="c of Eq. 6 for the outlier maps; larger replaces less (default: %(default)s)")
-    p.add_argument("--coverage", type=float, default=DEFAULT_COVERAGE, help="replace a pixel when this fraction of the windows over it are outliers (default: %(default)s)")
+    p.add_argument("--c", type=_finite, default=DEFAULT_C, help="c of Eq. 6 for the outlier maps; larger replaces less (default: %(default)s)")
+    p.add_argument("--coverage", type=_finite, default=DEFAULT_COVERAGE, help="replace a pixel when this fraction of the windows over it are outliers (default: %(default)s)")
     p.add_argument("--marginalize", action=argparse.BooleanOptionalAction, default=True, help="compute responsibilities with the replaced pixels marginalised out (default: on)")
     p.add_argument("--clean", help="optional .npy of the undamaged images: report the error and show them")
     p.add_argument("--out", required=True, help="folder for inpainted.npy, replaced.npy, inpainting.png")
@@ -599,10 +680,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("occlude", help="damage images with a random square (test data for inpaint)", description="Cut one random square per image and fill it with noise or a constant; writes damaged.npy, mask.npy and clean.npy.")
     _add_data_options(p)
     p.add_argument("--split", default="test", choices=["train", "test"], help="default: %(default)s")
-    p.add_argument("--n", type=int, default=100, help="number of images (default: %(default)s)")
+    p.add_argument("--n", type=_integer, default=100, help="number of images (default: %(default)s)")
     p.add_argument("--size", default="10-14", help="square side in pixels, or a range (default: %(default)s)")
     p.add_argument("--fill", default="noise", help="'noise' (uniform) or a constant like 0.5 (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--seed", type=_integer, default=0, help="default: %(default)s")
     p.add_argument("--out", required=True, help="folder for damaged.npy, mask.npy, clean.npy")
     p.set_defaults(func=cmd_occlude)
 
@@ -611,9 +692,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"], choices=sorted(DATASETS) + ["fashion"], help="default: %(default)s")
     p.add_argument("--out", default="runs/experiments", help="run folder (default: %(default)s); stages already there are kept in the report")
     p.add_argument("--archs", nargs="+", help=f"architectures of the outlier and clustering tables (default: all of {', '.join(PRESETS)})")
-    p.add_argument("--epochs", type=int, default=25, help="epochs of the models trained on classes 0-4 (default: %(default)s)")
-    p.add_argument("--reruns", type=int, default=10, help="clustering reruns per architecture (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--epochs", type=_integer, default=25, help="epochs of the models trained on classes 0-4 (default: %(default)s)")
+    p.add_argument("--reruns", type=_integer, default=10, help="clustering reruns per architecture (default: %(default)s)")
+    p.add_argument("--seed", type=_integer, default=0, help="default: %(default)s")
     p.add_argument("--data-dir", help="folder holding the four standard IDX files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_experiment)
@@ -631,16 +712,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line, ``dcgmm: warning: ...``, without the source line they came from."""
+    print(f"dcgmm: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return args.func(args)
     except DCGMMError as exc:
         print(f"dcgmm: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # what the checks before the work could not foresee (a full disk, a vanished folder)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"dcgmm: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("dcgmm: error: out of memory: use a smaller --batch-size, fewer images or a smaller model", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("dcgmm: interrupted; the last complete checkpoint is intact (resume with --resume)", file=sys.stderr)
+        print("dcgmm: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

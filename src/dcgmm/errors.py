@@ -19,3 +19,7 @@ class DataError(DCGMMError):
 
 class CheckpointError(DCGMMError):
     """A model or run folder is missing, incomplete or corrupt."""
+
+
+class TrainingDiverged(DCGMMError):
+    """Training produced a non-finite objective; training stops before the last good checkpoint is overwritten."""

@@ -34,7 +34,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_text, save_model
 from .data import load_dataset
@@ -43,6 +42,7 @@ from .metrics import Bins, davies_bouldin, dunn_index, near_duplicates, pairwise
 from .model import DCGMM
 from .outliers import RunningMoments, fit_statistics, image_scores, outlier_curve
 from .plots import plot_centroids, plot_outlier_curves, plot_samples
+from .progress import progress_bar
 from .sampling import Sharpening, sample, sample_components
 from .spec import PRESETS, parse
 from .training import TrainConfig, Trainer
@@ -237,7 +237,7 @@ class Experiment:
         return times
 
     def _bar(self, stage: str, total: int):
-        return tqdm(total=total, desc=stage, disable=not self.progress, dynamic_ncols=True)
+        return progress_bar(enabled=self.progress, total=total, desc=stage)
 
     def _write_stage(self, stage: str, result: StageResult, seconds: float) -> None:
         folder = self.out / stage

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
@@ -10,10 +11,25 @@ import torch
 from torch import nn
 
 from .data import as_images
-from .errors import InputError
+from .errors import InputError, SpecError
 from .layers import GMM, Classifier
 from .layers.gmm import responsibilities
-from .spec import build_layers, resolve
+from .spec import build_layers, resolve, shorten
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_float(name: str, value, allow_zero: bool = False) -> float:
+    if not _is_real(value) or value < 0 or (value == 0 and not allow_zero):
+        need = "a finite number >= 0" if allow_zero else "a finite positive number"
+        raise SpecError(f"{name} must be {need}; got {shorten(repr(value))}")
+    return float(value)
 
 
 @dataclass
@@ -32,10 +48,28 @@ class ModelConfig:
     """(min, max) pixel value of the training data, set by the trainer; inputs far outside it are refused."""
 
     def __post_init__(self):
+        if not isinstance(self.spec, str):
+            raise SpecError(f"spec must be a string such as '2L-c' or 'F(8,8,2,2) G(25)'; got {type(self.spec).__name__}")
         self.spec = resolve(self.spec)
-        self.input_shape = tuple(int(s) for s in self.input_shape)
+        shape = self.input_shape
+        if (
+            isinstance(shape, (str, bytes))
+            or not hasattr(shape, "__len__")
+            or len(shape) != 3
+            or not all(_is_integer(s) and int(s) >= 1 for s in shape)
+        ):
+            raise SpecError(f"input_shape must be three positive integers (H, W, C); got {shorten(repr(shape))}")
+        self.input_shape = tuple(int(s) for s in shape)
+        self.variance_floor = _positive_float("variance_floor", self.variance_floor)
+        self.mu_init = _positive_float("mu_init", self.mu_init, allow_zero=True)
         if self.value_range is not None:
-            self.value_range = (float(self.value_range[0]), float(self.value_range[1]))
+            pair = self.value_range
+            if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2 or not all(_is_real(v) for v in pair):
+                raise SpecError(f"value_range must be None or two finite numbers (min, max); got {shorten(repr(pair))}")
+            low, high = float(pair[0]), float(pair[1])
+            if low > high:
+                raise SpecError(f"value_range must have min <= max; got ({low:g}, {high:g})")
+            self.value_range = (low, high)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .errors import InputError
 from .layers import GMM, Folding, Pooling
 from .model import DCGMM
+from .progress import progress_bar
 
 STD_FLOOR = 1e-3
 """Smallest standard deviation (nats) used to standardise a position's log-likelihood."""
@@ -149,8 +149,7 @@ def fit_statistics(model: DCGMM, images, batch_size: int = 500, source: str = ""
     """
     moments = {i: RunningMoments(layer.out_shape[:2]) for i, layer in model.gmm_layers()}
     batches = model.batches(images, batch_size)
-    if progress:
-        batches = tqdm(batches, total=-(-len(images) // batch_size), desc="outlier statistics", leave=False, dynamic_ncols=True)
+    batches = progress_bar(batches, enabled=progress, total=-(-len(images) // batch_size), desc="outlier statistics", leave=False)
     for x in batches:
         for i, log_p in model.estimate(x)[1].items():
             moments[i].update(log_p.cpu().numpy())

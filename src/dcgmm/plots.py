@@ -18,9 +18,16 @@ from .layers.gmm import grid_shape  # noqa: E402
 from .model import DCGMM  # noqa: E402
 
 
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+"""File formats every picture can be written in, named by the file's suffix."""
+
+
 def _save(fig, path: Path) -> Path:
+    """Write ``fig`` in the format that ``path``'s suffix names (PNG when it names none of :data:`PICTURE_SUFFIXES`)."""
+    suffix = path.suffix.lower()
+    kind = suffix.lstrip(".") if suffix in PICTURE_SUFFIXES else "png"
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buffer, format=kind, dpi=110, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return path
@@ -39,9 +46,8 @@ def centroid_images(model: DCGMM, index: int) -> np.ndarray:
         raise InputError(f"layer {index} is {layer.spec()}, not a GMM layer; pick the index of a G(K) layer")
     mu = layer.centroids.detach().cpu().numpy()  # [K, D]
     below = model.layers[index - 1] if index > 0 else None
-    if index == 0:
-        h, w, c = layer.in_shape
-        return mu.reshape(-1, h, w, c) if h * w > 1 else mu.reshape(-1, 1, 1, c)
+    if index == 0:  # a GMM on the pixels themselves: each centroid is one pixel's value (1x1xC)
+        return mu.reshape(-1, 1, 1, layer.in_shape[2])
     if isinstance(below, Folding) and index == 1:
         fy, fx = below.kernel
         return mu.reshape(-1, fy, fx, below.in_shape[2])

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from .errors import InputError
 from .layers import GMM, Folding, Pooling
 from .layers.gmm import responsibilities
 from .model import DCGMM
+from .progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -124,9 +124,7 @@ def sharpen(
     x = signal.detach().clone()
     if fixed is not None:
         x = torch.where(fixed[0], fixed[1], x)
-    steps = range(sharpening.steps)
-    if progress:
-        steps = tqdm(steps, desc=f"sharpening layer {index}", leave=False, dynamic_ncols=True)
+    steps = progress_bar(range(sharpening.steps), enabled=progress, desc=f"sharpening layer {index}", leave=False)
     only_folding = all(isinstance(layer, Folding) for layer in between)
     for _ in steps:
         if only_folding:  # linear maps: carry the gradient down with their adjoints, no autograd graph

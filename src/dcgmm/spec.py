@@ -12,6 +12,8 @@ Example: ``"F(8,8,2,2) G(25) F(11,11,1,1) G(36) C(10)"``.
 
 from __future__ import annotations
 
+import math
+import os
 import re
 from dataclasses import dataclass
 
@@ -31,6 +33,11 @@ PRESETS: dict[str, str] = {
     "3L-b": "F(28,28,1,1) G(25) F(1,1,1,1) G(25) F(1,1,1,1) G(25)",
 }
 
+MAX_LAYERS = 64
+"""Longest stack a spec may describe (Table I's deepest has 8 layers)."""
+MAX_PARAMETER_FRACTION = 0.5
+"""A model whose parameters (float32) would take more than this fraction of the machine's memory is refused."""
+
 _ARITY = {"F": (4,), "P": (2, 4), "G": (1,), "C": (1,)}
 _FORMS = {"F": "F(fy,fx,sy,sx)", "P": "P(ky,kx) or P(ky,kx,sy,sx)", "G": "G(K)", "C": "C(n_classes)"}
 _TOKEN = re.compile(r"([A-Za-z]+)\s*\(([^()]*)\)")
@@ -47,6 +54,12 @@ class LayerSpec:
         return f"{self.letter}({','.join(map(str, self.args))})"
 
 
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` for an error message: cut to ``limit`` characters, saying how long it was."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def resolve(arch: str) -> str:
     """Return the spec string for a preset name (case-insensitive) or a spec string itself."""
     text = str(arch).strip()
@@ -54,42 +67,95 @@ def resolve(arch: str) -> str:
         if text.lower() == name.lower():
             return spec
     if "(" not in text:
-        raise SpecError(f"unknown architecture {arch!r}: use a preset ({', '.join(PRESETS)}) or a spec string like 'F(8,8,2,2) G(25)'")
+        raise SpecError(f"unknown architecture {shorten(repr(arch))}: use a preset ({', '.join(PRESETS)}) or a spec string like 'F(8,8,2,2) G(25)'")
     return text
 
 
 def parse(spec: str) -> list[LayerSpec]:
     """Parse a spec string (or preset name) into layer specs; raises SpecError saying what is wrong."""
     text = resolve(spec)
+    quoted = shorten(repr(text))
     layers, pos = [], 0
     for match in _TOKEN.finditer(text):
         gap = text[pos : match.start()].strip()
+        token = shorten(repr(match.group(0)), 40)
         if gap:
-            raise SpecError(f"cannot read {gap!r} in spec {text!r}: layers look like F(8,8,2,2), P(2,2), G(25), C(10)")
+            raise SpecError(f"cannot read {shorten(repr(gap), 40)} in spec {quoted}: layers look like F(8,8,2,2), P(2,2), G(25), C(10)")
         pos = match.end()
         letter = match.group(1).upper()
         if letter not in _ARITY:
-            raise SpecError(f"unknown layer type {match.group(0)!r} in spec {text!r}: use F, P, G or C")
-        try:
-            args = tuple(int(a) for a in match.group(2).split(","))
-        except ValueError:
-            raise SpecError(f"{match.group(0)!r}: arguments must be integers, as in {_FORMS[letter]}") from None
+            raise SpecError(f"unknown layer type {token} in spec {quoted}: use F, P, G or C")
+        parts = [a.strip() for a in match.group(2).split(",")]
+        if not all(re.fullmatch("[0-9]+", a) for a in parts):  # ASCII digits only: int() would take '٥' too
+            raise SpecError(f"{token}: arguments must be integers written with the digits 0-9, as in {_FORMS[letter]}")
+        args = tuple(int(a) for a in parts)
         if len(args) not in _ARITY[letter]:
-            raise SpecError(f"{match.group(0)!r} has {len(args)} argument(s); write {_FORMS[letter]}")
+            raise SpecError(f"{token} has {len(args)} argument(s); write {_FORMS[letter]}")
         if min(args) < 1:
-            raise SpecError(f"{match.group(0)!r}: arguments must be positive")
+            raise SpecError(f"{token}: arguments must be positive")
         layers.append(LayerSpec(letter, args))
+        if len(layers) > MAX_LAYERS:
+            raise SpecError(f"spec {quoted} has more than {MAX_LAYERS} layers: write a shorter stack")
     rest = text[pos:].strip()
     if rest:
-        raise SpecError(f"cannot read {rest!r} at the end of spec {text!r}: layers look like F(8,8,2,2), G(25)")
+        raise SpecError(f"cannot read {shorten(repr(rest), 40)} at the end of spec {quoted}: layers look like F(8,8,2,2), G(25)")
     if not layers:
-        raise SpecError(f"spec {text!r} has no layers: write e.g. 'F(28,28,1,1) G(25)'")
+        raise SpecError(f"spec {quoted} has no layers: write e.g. 'F(28,28,1,1) G(25)'")
     if not any(layer.letter == "G" for layer in layers):
-        raise SpecError(f"spec {text!r} has no GMM layer G(K): a DCGMM needs at least one")
+        raise SpecError(f"spec {quoted} has no GMM layer G(K): a DCGMM needs at least one")
     for i, layer in enumerate(layers[:-1]):
         if layer.letter == "C":
-            raise SpecError(f"spec {text!r}: the classifier C(n) must be the last layer (found at position {i + 1})")
+            raise SpecError(f"spec {quoted}: the classifier C(n) must be the last layer (found at position {i + 1})")
     return layers
+
+
+def _memory_bytes() -> int | None:
+    """Physical memory of this machine in bytes, if the OS says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _parameter_count(layer_spec: LayerSpec, shape: tuple[int, int, int]) -> int:
+    """Parameters a layer would allocate on an input of ``shape``, computed without allocating them."""
+    h, w, c = shape
+    if layer_spec.letter == "G":
+        return layer_spec.args[0] * (2 * c + 1)
+    if layer_spec.letter == "C":
+        return (h * w * c + 1) * layer_spec.args[0]
+    return 0
+
+
+def _check_size(layer_spec: LayerSpec, index: int, shape, total: int) -> None:
+    memory = _memory_bytes()
+    if memory is None or 4 * total <= MAX_PARAMETER_FRACTION * memory:
+        return
+    raise SpecError(
+        f"layer {index} {layer_spec} on input {shape[0]}x{shape[1]}x{shape[2]} brings the model to {total:,} parameters "
+        f"({_bytes(4 * total)} as float32), more than {MAX_PARAMETER_FRACTION:.0%} of this machine's {_bytes(memory)}: "
+        f"use fewer components or smaller windows"
+    )
+
+
+def _check_activity(layer_spec: LayerSpec, index: int, out_shape) -> None:
+    memory = _memory_bytes()
+    batch = 4 * 100 * math.prod(out_shape)  # float32, a batch of 100 images
+    if memory is None or batch <= MAX_PARAMETER_FRACTION * memory:
+        return
+    raise SpecError(
+        f"layer {index} {layer_spec} outputs {out_shape[0]}x{out_shape[1]}x{out_shape[2]} values per image: a batch of 100 "
+        f"images would take {_bytes(batch)}, more than {MAX_PARAMETER_FRACTION:.0%} of this machine's {_bytes(memory)}: "
+        f"use fewer components or larger strides"
+    )
+
+
+def _bytes(n: float) -> str:
+    units = ["B", "KB", "MB", "GB", "TB", "PB"]
+    step = 0
+    while n >= 1000 and step < len(units) - 1:
+        n, step = n / 1000, step + 1
+    return f"{n:.1f} {units[step]}"
 
 
 def build_layers(
@@ -97,12 +163,17 @@ def build_layers(
 ) -> list[Layer]:
     """Build the layers of ``spec`` for inputs of shape ``(H, W, C)``; each layer's input is the previous output."""
     shape = tuple(int(s) for s in input_shape)
-    layers = []
+    layers, total = [], 0
     for i, layer_spec in enumerate(parse(spec)):
+        total += _parameter_count(layer_spec, shape)
+        _check_size(layer_spec, i + 1, shape, total)
+        if layer_spec.letter == "G":  # before its parameters are allocated
+            _check_activity(layer_spec, i + 1, (shape[0], shape[1], layer_spec.args[0]))
         try:
             layer = _make(layer_spec, shape, variance_floor, mu_init)
         except DCGMMError as exc:
             raise SpecError(f"layer {i + 1} {layer_spec} on input {shape[0]}x{shape[1]}x{shape[2]}: {exc}") from None
+        _check_activity(layer_spec, i + 1, layer.out_shape)
         layers.append(layer)
         shape = layer.out_shape
     return layers

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import mmap
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -31,15 +32,15 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import distributed as dist
-from tqdm.auto import tqdm
 
 from .annealing import Annealing
 from .checkpoint import CHECKPOINT_FILE, _model_tensors, model_from_tensors, read_file, save_file, save_model
 from .data import as_images
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, TrainingDiverged
 from .layers import Classifier
 from .layers.gmm import smoothing_kernel
 from .model import DCGMM
+from .progress import progress_bar, write_line
 
 
 def _advise_random_access(images: np.memmap) -> None:
@@ -70,6 +71,21 @@ def _check_step_size(model: DCGMM, config: "TrainConfig") -> None:
                 f"centroid steps overshoot and diverge (lr x rate_centroids / variance_floor = {gain:.3g} > 2): "
                 f"use a learning rate of at most {limit:.3g}, or a larger variance floor"
             )
+
+
+def _far_from_unit(low: float, high: float) -> bool:
+    """True when a value range lies far outside [0, 1], the scale the default settings are made for."""
+    return low < -1.0 or high > 2.0
+
+
+def _warn_about_range(value_range: tuple[float, float]) -> None:
+    low, high = value_range
+    if _far_from_unit(low, high):
+        warnings.warn(
+            f"the training images have values in [{low:.3g}, {high:.3g}]; the defaults (variance floor 0.05, learning "
+            f"rate 0.1) are made for images in [0, 1]: divide 0-255 values by 255 (uint8 arrays are scaled for you)",
+            stacklevel=3,
+        )
 
 
 def process_group() -> tuple[int, int]:
@@ -135,6 +151,10 @@ class TrainConfig:
                 raise InputError(f"{name} must be positive; got {getattr(self, name)}")
         if not 0 < self.gamma < 1:
             raise InputError(f"gamma must lie in (0, 1); got {self.gamma}")
+        for name in ("wait", "precisions_from"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and 0 <= value < 1):
+                raise InputError(f"{name} is a fraction of training and must lie in [0, 1); got {value}")
 
 
 @dataclass
@@ -191,6 +211,7 @@ class Trainer:
         model.check_images(self._batch(torch.arange(1)))
         if model.config.value_range is None:
             model.config.value_range = self._value_range()
+        _warn_about_range(model.config.value_range)
         if len(self.images) < config.batch_size:
             raise InputError(f"{len(self.images)} training images are fewer than one batch of {config.batch_size}: lower --batch-size")
         _check_step_size(model, config)
@@ -200,6 +221,12 @@ class Trainer:
         self.rank, self.world = process_group()
         if config.batch_size % self.world:
             raise InputError(f"batch size {config.batch_size} does not split evenly over {self.world} processes: use a multiple of {self.world}")
+        gmm_count = sum(1 for _ in model.gmm_layers())
+        if config.wait * (gmm_count - 1) >= 1:
+            raise InputError(
+                f"wait {config.wait} per layer makes GMM layer {gmm_count} of {model.spec} start after "
+                f"{config.wait * (gmm_count - 1):.0%} of training, so it would never train: use a wait below {1 / (gmm_count - 1):.3g}"
+            )
         self.steps_per_epoch = len(self.images) // config.batch_size
         self.total_steps = self.steps_per_epoch * config.epochs
         self.epoch = 0
@@ -305,12 +332,15 @@ class Trainer:
             loss = self.model.classifier.loss(h, y)
             loss.backward()
             values["classifier"] = float(loss.detach())
+        if self.world > 1 and values:
+            values = self._average_objectives(values)  # every process sees the same values, and stops alike
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:  # before the step: the parameters stay those of the last finite step
+            raise TrainingDiverged(self._divergence_message(bad[0], values[bad[0]]))
         if values:
             if self.world > 1:
                 self._average_gradients()
             self.optimizer.step()
-        if self.world > 1 and values:
-            values = self._average_objectives(values)
         for index, value in values.items():
             if index == "classifier":
                 continue
@@ -321,6 +351,14 @@ class Trainer:
             self._update_phase(index)
         self.step += 1
         return values
+
+    def _divergence_message(self, key, value: float) -> str:
+        what = "the classifier's cross-entropy" if key == "classifier" else f"layer {key} {self.model.layers[key].spec()}'s objective"
+        low, high = self.model.config.value_range or (0.0, 1.0)
+        hint = (f"the training images have values in [{low:.3g}, {high:.3g}]: scale them to [0, 1]"
+                if _far_from_unit(low, high) else "lower the learning rate or raise the variance floor")
+        return (f"training diverged: {what} became {value} at epoch {self.epoch + 1}, step {self.step + 1} (stopped "
+                f"before that step; the parameters are those of the step before). {hint[0].upper()}{hint[1:]}")
 
     def _average_gradients(self) -> None:
         """All-reduce (mean) every gradient over the process group, in one flat buffer."""
@@ -352,7 +390,7 @@ class Trainer:
             start = time.perf_counter()
             order = torch.randperm(len(self.images), generator=self.data_generator)
             sums: dict = {}
-            bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{c.epochs}", disable=not progress, leave=False, dynamic_ncols=True)
+            bar = progress_bar(range(self.steps_per_epoch), enabled=progress, desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False)
             for b in bar:
                 idx = order[b * c.batch_size : (b + 1) * c.batch_size][self.rank :: self.world]
                 x = self._batch(idx)
@@ -360,7 +398,7 @@ class Trainer:
                 values = self.train_step(x, y)
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
-                if progress and b % 20 == 0:
+                if not bar.disable and b % 20 == 0:
                     bar.set_postfix_str(self._status(values))
             bar.close()
             record = EpochRecord(self.epoch + 1, time.perf_counter() - start)
@@ -374,7 +412,7 @@ class Trainer:
             self.history.append(record)
             self.epoch += 1
             if progress:
-                tqdm.write(self._epoch_line(record))
+                write_line(self._epoch_line(record))
             if on_epoch_end is not None:
                 on_epoch_end(self)
         return self.history
@@ -426,14 +464,25 @@ class Trainer:
 
     @classmethod
     def resume(cls, folder: str | Path, images, labels=None, device="cpu", epochs: int | None = None) -> "Trainer":
-        """Rebuild a trainer from ``folder/checkpoint.safetensors`` so that training continues exactly."""
+        """Rebuild a trainer from ``folder/checkpoint.safetensors`` so that training continues exactly.
+
+        ``epochs`` (at least the epochs already trained) extends or keeps the run's length. A run extended this
+        way continues its own schedule: the annealing goes on where it was, each layer's start step (``wait``)
+        stays where it was planned, and a layer still in phase 1 enters phase 2 at ``precisions_from`` of the
+        new total. It therefore differs from a run planned that long from the start, whose fractions are of
+        the longer total; with the defaults (phase 2 after 4% of training, no wait) the one difference is the
+        step at which phase 2 began.
+        """
         file = Path(folder) / CHECKPOINT_FILE
         tensors, metadata = read_file(file)
         if "trainer" not in metadata or "train_config" not in metadata:
             raise CheckpointError(f"{file} is a model file, not a training checkpoint; it cannot be resumed")
         model = model_from_tensors(tensors, metadata, file)
         config = TrainConfig.from_dict(metadata["train_config"])
+        done = metadata["trainer"]["epoch"]
         if epochs is not None:
+            if epochs < done:
+                raise InputError(f"{file} has already trained {done} epochs: pass --epochs {done} or more to resume it")
             config.epochs = epochs
         trainer = cls(model, config, images, labels, device=device)
         # the constructor re-initialised the parameters; put the saved ones back
