@@ -92,3 +92,19 @@ def test_colour_images_train_sample_score_and_inpaint():
     assert result.images.shape == (3, 32, 32, 3)
     np.testing.assert_array_equal(result.images[:, ~mask], images[:3][:, ~mask])
     assert model.clusters(images[:7]).shape == (7,)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"input_shape": "abc"}, "input_shape must be three positive integers"),
+    ({"input_shape": (28, 28, 0)}, "input_shape must be three positive integers"),
+    ({"input_shape": (28, 28, 1.5)}, "input_shape must be three positive integers"),
+    ({"value_range": "xy"}, "value_range must be None or two finite numbers"),
+    ({"value_range": (0.0, float("nan"))}, "value_range must be None or two finite numbers"),
+    ({"value_range": (1.0, 0.0)}, "min <= max"),
+    ({"variance_floor": 0.0}, "variance_floor must be a finite positive number"),
+    ({"mu_init": float("inf")}, "mu_init must be a finite number >= 0"),
+])
+def test_model_config_validates_every_field(options, message):
+    with pytest.raises(SpecError, match=message):
+        ModelConfig("2L-c", **options)
+    assert ModelConfig("2L-c", input_shape=[28, 28, 1], value_range=[0, 1]).input_shape == (28, 28, 1)  # JSON lists are fine

@@ -10,6 +10,7 @@ import argparse
 import io
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -99,8 +100,6 @@ def _print_report(report: dict) -> None:
 def _start_processes(device: torch.device) -> tuple[int, int, torch.device]:
     """Join the process group when started by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on GPUs (one
     per process, by LOCAL_RANK). Returns (rank, world size, device); (0, 1, device) for a single process."""
-    import os
-
     from torch import distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -193,7 +192,7 @@ def _train_in(args, rank: int, world: int, device: torch.device, out: Path) -> i
     try:  # every finished epoch is in the checkpoint (a resumed run's first epochs were already there)
         trainer.fit(progress=not args.quiet, on_epoch_end=lambda t: t.save_checkpoint(out))
     except KeyboardInterrupt:
-        print(f"dcgmm: interrupted during epoch {trainer.epoch + 1}; {_saved(out, trainer.epoch)}", file=sys.stderr)
+        print(f"dcgmm: interrupted during epoch {trainer.epoch + 1}. {_saved(out, trainer.epoch)}", file=sys.stderr)
         return 130
     except TrainingDiverged as exc:
         raise TrainingDiverged(f"{exc} {_saved(out, trainer.epoch)}") from None
@@ -222,8 +221,8 @@ def _train_in(args, rank: int, world: int, device: torch.device, out: Path) -> i
 def _saved(out: Path, epoch: int) -> str:
     """Where a stopped training run stands on disk."""
     if not epoch:
-        return "no epoch had finished, so no checkpoint was written"
-    return f"the checkpoint of epoch {epoch} in {out} is intact: continue with --resume"
+        return "No epoch had finished, so no checkpoint was written."
+    return f"The checkpoint of epoch {epoch} in {out} is intact: continue with --resume."
 
 
 def _describe(args, split: str) -> str:
@@ -726,6 +725,9 @@ def main(argv: list[str] | None = None) -> int:
     except DCGMMError as exc:
         print(f"dcgmm: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of our output went away (`dcgmm ... | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:  # what the checks before the work could not foresee (a full disk, a vanished folder)
         where = f": {exc.filename}" if exc.filename else ""
         print(f"dcgmm: error: {exc.strerror or exc}{where}", file=sys.stderr)

@@ -414,35 +414,36 @@ _NPY_MAGIC = b"\x93NUMPY"
 _OTHER_FORMATS = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"BM": "a BMP image"}
 
 
-def read_array(path: str | Path, what: str, mmap: bool = False) -> np.ndarray:
+def read_array(path: str | Path, what: str = "", mmap: bool = False) -> np.ndarray:
     """The array stored in a ``.npy`` file (memory-mapped with ``mmap``), or in an ``.npz`` holding one array.
 
     Raises InputError naming what is wrong: a missing path, a folder, an image file or other non-NumPy file,
     an ``.npz`` with several arrays, a damaged file.
     """
     path = Path(path)
+    what = f"{what} {path}" if what else str(path)
     if path.is_dir():
-        raise InputError(f"{what} {path} is a folder: pass a .npy file of images (numpy.save)")
+        raise InputError(f"{what} is a folder: pass a .npy file (numpy.save)")
     if not path.exists():
-        raise InputError(f"{what} {path} does not exist: pass the path of a .npy file of images")
+        raise InputError(f"{what} does not exist: pass the path of a .npy file")
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)
     except OSError as exc:
-        raise InputError(f"{what} {path} cannot be read ({exc.strerror})") from None
+        raise InputError(f"{what} cannot be read ({exc.strerror})") from None
     if head.startswith(b"PK"):
         return _read_npz(path, what)
     if not head.startswith(_NPY_MAGIC):
         kind = next((name for magic, name in _OTHER_FORMATS.items() if head.startswith(magic)), "not a NumPy file")
-        raise InputError(f"{what} {path} is {kind}, not a .npy array: save the images as one array with numpy.save")
+        raise InputError(f"{what} is {kind}, not a .npy array: save the images as one array with numpy.save")
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" in str(exc):
-            raise InputError(f"{what} {path} holds Python objects, not numbers: save a numeric array with numpy.save") from None
-        raise InputError(f"{what} {path} is damaged or truncated ({exc}): save it again with numpy.save") from None
+            raise InputError(f"{what} holds Python objects, not numbers: save a numeric array with numpy.save") from None
+        raise InputError(f"{what} is damaged or truncated ({exc}): save it again with numpy.save") from None
     except (OSError, EOFError) as exc:
-        raise InputError(f"{what} {path} is damaged or truncated ({exc}): save it again with numpy.save") from None
+        raise InputError(f"{what} is damaged or truncated ({exc}): save it again with numpy.save") from None
 
 
 def _read_npz(path: Path, what: str) -> np.ndarray:
@@ -452,19 +453,19 @@ def _read_npz(path: Path, what: str) -> np.ndarray:
             if len(names) != 1:
                 listed = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
                 raise InputError(
-                    f"{what} {path} is an .npz archive of {len(names)} arrays ({listed or 'none'}): "
+                    f"{what} is an .npz archive of {len(names)} arrays ({listed or 'none'}): "
                     f"save the images alone with numpy.save (or numpy.savez with one array)"
                 )
             return archive[names[0]]
     except InputError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{what} {path} is a damaged .npz archive ({exc}): save the images with numpy.save") from None
+        raise InputError(f"{what} is a damaged .npz archive ({exc}): save the images with numpy.save") from None
 
 
 def load_npy(path: str | Path) -> np.ndarray:
     """Load images from a ``.npy`` file; see :func:`as_images` for the accepted layouts and dtypes."""
-    return as_images(read_array(path, "images"), what=f"images in {path}")
+    return as_images(read_array(path), what=f"images in {path}")
 
 
 def open_npy(path: str | Path) -> np.ndarray:
@@ -475,7 +476,7 @@ def open_npy(path: str | Path) -> np.ndarray:
     a batch converts it with :func:`as_images` (which also rejects NaN there). :class:`~dcgmm.Trainer` and
     :meth:`DCGMM.batches` read one batch at a time.
     """
-    array = read_array(path, "images", mmap=True)
+    array = read_array(path, mmap=True)
     if array.ndim not in (3, 4) or array.shape[0] == 0:
         raise InputError(f"images in {path} must be a non-empty (N, H, W) or (N, H, W, C) array; got shape {array.shape}")
     if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):

@@ -358,7 +358,7 @@ class Trainer:
         hint = (f"the training images have values in [{low:.3g}, {high:.3g}]: scale them to [0, 1]"
                 if _far_from_unit(low, high) else "lower the learning rate or raise the variance floor")
         return (f"training diverged: {what} became {value} at epoch {self.epoch + 1}, step {self.step + 1} (stopped "
-                f"before that step; the parameters are those of the step before). {hint[0].upper()}{hint[1:]}")
+                f"before that step; the parameters are those of the step before). {hint[0].upper()}{hint[1:]}.")
 
     def _average_gradients(self) -> None:
         """All-reduce (mean) every gradient over the process group, in one flat buffer."""
