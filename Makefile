@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test test-matrix bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The suite under other thread counts, Python's development mode and other CPU kernels (MKL's AVX2 and
+# SSE4.2 paths, as AMD and older Intel CPUs run them; PyTorch's baseline kernels): results must not depend on them
+test-matrix: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q
+	$(BIN)/python -X dev -m pytest -q
+	MKL_ENABLE_INSTRUCTIONS=AVX2 $(BIN)/python -m pytest -q
+	MKL_ENABLE_INSTRUCTIONS=SSE4_2 ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python benchmarks/sgd_vs_em.py

@@ -23,6 +23,7 @@ def test_the_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_pat
     finally:
         holder.kill()  # like kill -9: the kernel releases the lock
         holder.wait()
+        holder.stdout.close()
     with lock_run(tmp_path):
         assert (tmp_path / LOCK_FILE).read_text() == str(os.getpid())
 

@@ -52,7 +52,8 @@ def test_malformed_specs_are_rejected_clearly(spec, message):
 
 
 def test_non_square_and_colour_inputs():
-    model = DCGMM(ModelConfig("F(4,3,2,2) G(9) F(5,4,1,1) G(4)", (13, 11, 3)))
+    with pytest.warns(UserWarning, match="leaves some pixels uncovered"):
+        model = DCGMM(ModelConfig("F(4,3,2,2) G(9) F(5,4,1,1) G(4)", (13, 11, 3)))
     assert [l.out_shape for l in model.layers] == [(5, 5, 36), (5, 5, 9), (1, 2, 180), (1, 2, 4)]
     assert model(torch.rand(2, 13, 11, 3))[-1].shape == (2, 1, 2, 4)
 

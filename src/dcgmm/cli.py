@@ -573,7 +573,7 @@ def cmd_info(args) -> int:
 # ---------------------------------------------------------------------------------------------- parser
 def _add_data_options(p, default_dataset: str | None = "mnist") -> None:
     p.add_argument("--dataset", default=default_dataset, choices=sorted(DATASETS) + ["fashion"], help="named dataset (default: %(default)s)")
-    p.add_argument("--data", metavar="PATH.npy", help="images in a .npy file, (N,H,W) or (N,H,W,C); uint8 is scaled to [0,1], float taken as is; train reads it memory-mapped, a batch at a time")
+    p.add_argument("--data", metavar="PATH.npy", help="images in a .npy file (or an .npz of one array), (N,H,W) or (N,H,W,C); uint8 is scaled to [0,1], float taken as is; train reads a .npy memory-mapped, a batch at a time")
     p.add_argument("--classes", help="class subset of a named dataset, e.g. 0-4 or 0,3,7")
     p.add_argument("--data-dir", help="folder holding the four standard IDX files (tried before any download)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
@@ -622,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_options(p, default_s=1)
     p.add_argument("--n", type=_integer, default=100, help="number of samples; with --classes, per class (default: %(default)s)")
     p.add_argument("--classes", help="conditional sampling of these classes, e.g. 0,3,7 (needs a model with a C layer)")
-    p.add_argument("--out", help="PNG grid (default: samples.png in the run folder)")
+    p.add_argument("--out", help="picture of the grid, .png, .jpg, .pdf or .svg (default: samples.png in the run folder)")
     p.add_argument("--npy", help="also write the samples as an (N, H, W, C) .npy array")
     p.set_defaults(func=cmd_sample)
 
