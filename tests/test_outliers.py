@@ -7,7 +7,7 @@ import torch
 
 from dcgmm import DCGMM, PRESETS, InputError, TrainConfig, Trainer, load_model, save_model
 from dcgmm.cli import main
-from dcgmm.inpainting import estimate_missing, inpaint, occlude
+from dcgmm.inpainting import inpaint, occlude
 from dcgmm.outliers import (
     STD_FLOOR,
     RunningMoments,
@@ -201,7 +201,7 @@ def test_marginal_log_joint_against_torch_distributions():
     torch.testing.assert_close(gmm.marginal_log_joint(x, torch.zeros_like(known))[0, 0, 0], gmm.log_weights)
 
 
-def test_estimate_missing_without_missing_pixels_is_plain_estimation(trained):
+def test_estimation_without_missing_pixels_equals_plain_estimation(trained):
     model, train = trained
     # the two paths use different formulas; in float64 their difference is rounding only. Layer 1's log p
     # (2D + 1 = 33 terms of magnitude <= ~110) may differ by sum_rtol(33, float64) * 110 ~ 1e-12, which
@@ -210,12 +210,12 @@ def test_estimate_missing_without_missing_pixels_is_plain_estimation(trained):
     double = copy.deepcopy(model).double()
     x = torch.as_tensor(train[:10], dtype=torch.float64)
     plain, _ = double.estimate(x)
-    marginal = estimate_missing(double, x, torch.zeros(10, 8, 8, dtype=torch.bool))
+    marginal, _ = double.estimate(x, missing=torch.zeros(10, 8, 8, dtype=torch.bool))
     assert sum_rtol(33, np.float64) * 110 * 2 * 20 * 81 < 1e-8
     for a, b in zip(plain, marginal):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
     x = torch.as_tensor(train[:10])
-    everything = estimate_missing(model, x, torch.ones(10, 8, 8, dtype=torch.bool))
+    everything, _ = model.estimate(x, missing=torch.ones(10, 8, 8, dtype=torch.bool))
     torch.testing.assert_close(everything[1], torch.exp(model.layers[1].log_weights).expand(10, 3, 3, 9))
 
 

@@ -1,9 +1,10 @@
 """In-painting that finds the damage itself (paper Sec. III-B5, Eqs. 7-10).
 
 A corrupted image is forwarded in estimation mode. Sampling then starts at the top GMM layer O from its
-responsibilities A^(O) (Eq. 9) and runs down the stack as in :mod:`dcgmm.sampling`, except that every lower
-GMM layer L fuses the signal T^(L) from above with its own forward activities A^(L) (Eq. 10): it keeps
-A^(L) at positions that are inliers and takes T^(L) at positions that are outliers. The outliers are
+responsibilities A^(O) (Eq. 9) and runs the model's one top-down pass (:mod:`dcgmm.topdown`), whose
+``fuse`` hook makes every lower GMM layer L fuse the signal T^(L) from above with its own forward
+activities A^(L) (Eq. 10): it keeps A^(L) at positions that are inliers and takes T^(L) at positions that
+are outliers. The outliers are
 found by Eq. 6 with the statistics of :mod:`dcgmm.outliers`, so the model locates the damage on its own;
 a mask given by the user replaces that search.
 
@@ -22,11 +23,9 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .layers import GMM, Folding, Pooling
-from .layers.gmm import responsibilities
 from .model import DCGMM
 from .outliers import pixel_map, position_mask, require_statistics
-from .sampling import Sharpening, _batches, _check_top_s, _top_gmm, sharpen
+from .topdown import SamplingOptions, Sharpening
 
 
 DEFAULT_C = 1.0
@@ -52,28 +51,6 @@ def _as_batch_tensor(array, dtype, device) -> torch.Tensor:
     if not array.flags.writeable:  # a broadcast mask or a memmap: torch wants memory it may own
         array = array.copy()
     return torch.as_tensor(array, dtype=dtype, device=device)
-
-
-def estimate_missing(model: DCGMM, x: torch.Tensor, missing: torch.Tensor) -> list[torch.Tensor]:
-    """Estimation with the ``missing`` pixels marginalised out, up to the top GMM layer.
-
-    Every GMM layer computes its responsibilities from the known dimensions of its input only
-    (:meth:`GMM.marginal_log_joint`), which gives p(z | x1) of Eq. 8 at the lowest layer. A position whose
-    input has no known dimension counts as missing in the layer above; Folding and Pooling carry the
-    known/missing flags along with the signal.
-
-    ``x``: (N, H, W, C); ``missing``: bool (N, H, W). Returns the output of every layer up to the top GMM.
-    """
-    known = (~missing)[..., None].to(x.dtype).expand(x.shape)
-    outputs = []
-    for layer in model.layers[: _top_gmm(model) + 1]:
-        if isinstance(layer, GMM):
-            x = responsibilities(layer.marginal_log_joint(x, known))
-            known = known.amax(-1, keepdim=True).expand(x.shape)
-        else:
-            x, known = layer(x), layer(known)
-        outputs.append(x)
-    return outputs
 
 
 @torch.no_grad()
@@ -103,19 +80,19 @@ def inpaint(
         are outliers.
     top_s : top-S restriction of every component choice (1: the most responsible component).
     marginalize : compute the activities A that sampling starts from (Eq. 9) and keeps at inliers (Eq. 10)
-        with the replaced pixels marginalised out (:func:`estimate_missing`), i.e. from p(z | x1) as in
-        Eq. 8. False: from the corrupted image as it is, as the paper describes for DCGMMs.
+        with the replaced pixels marginalised out (``DCGMM.estimate(x, missing)``), i.e. from p(z | x1) as
+        in Eq. 8. False: from the corrupted image as it is, as the paper describes for DCGMMs.
 
     Returns
     -------
     :class:`Inpainted` with the images, the replaced pixels and the outlier positions.
     """
-    _check_top_s(top_s)
+    options = SamplingOptions(top_s=top_s, noise=noise, sharpening=sharpening, restrict_start=True,
+                              generator=generator, progress=progress)
     if not 0 < coverage <= 1:
         raise InputError(f"coverage must lie in (0, 1]; got {coverage}")
-    gmm_index = [i for i, _ in model.gmm_layers()]
-    top = _top_gmm(model)
-    lower = gmm_index[:-1]
+    top = model.top_gmm
+    lower = [i for i, _ in model.gmm_layers() if i != top]
     if mask is None:
         stats = require_statistics(model)
         if not lower:
@@ -131,8 +108,8 @@ def inpaint(
             raise InputError(f"the mask must have shape (N, H, W) = {(len(images), *model.input_shape[:2])} or (H, W); got {mask.shape}")
     device = model.device
     out_images, out_masks, out_positions = [], [], {i: [] for i in lower}
-    batches = zip(_batches(len(images), batch_size), model.batches(images, batch_size))
-    for (begin, end), x in batches:
+    batches = zip(range(0, len(images), batch_size), model.batches(images, batch_size))
+    for begin, x in batches:
         if mask is None or not marginalize:  # the plain forward pass; with a mask and marginalising, unused
             outputs, log_p = model.estimate(x)
         if mask is None:
@@ -141,23 +118,17 @@ def inpaint(
             }
             pixels = pixel_map(model, lower[0], positions[lower[0]]) >= coverage
         else:
-            pixels = _as_batch_tensor(mask[begin:end], torch.bool, device)
+            pixels = _as_batch_tensor(mask[begin : begin + len(x)], torch.bool, device)
             positions = {i: position_mask(model, i, pixels) for i in lower}
         if marginalize:
-            outputs = estimate_missing(model, x, pixels)
-        control = outputs[top]
-        for index in range(top, -1, -1):
-            layer = model.layers[index]
-            if isinstance(layer, GMM):
-                if index != top:  # Eq. 10: keep the forward activity at inlier positions
-                    control = torch.where(positions[index][..., None], control, outputs[index])
-                control = layer.sample(control, top_s=top_s, noise=noise, generator=generator)
-            else:
-                control = layer.sample(control)
-                if sharpening is not None and isinstance(layer, (Folding, Pooling)):
-                    fixed = (~pixels[..., None], x) if index == 0 else None
-                    control = sharpen(model, control, index, sharpening, progress, fixed=fixed)
-        result = torch.where(pixels[..., None], control, x)
+            outputs, _ = model.estimate(x, missing=pixels)
+
+        def fuse(index: int, control: torch.Tensor) -> torch.Tensor:  # Eq. 10: forward activity at inliers
+            if index not in positions:
+                return control
+            return torch.where(positions[index][..., None], control, outputs[index])
+
+        result = model.top_down(top, outputs[top], options, fuse=fuse, keep=(~pixels[..., None], x))
         out_images.append(result.cpu().numpy())
         out_masks.append(pixels.cpu().numpy())
         for i in lower:

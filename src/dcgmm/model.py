@@ -13,8 +13,8 @@ from torch import nn
 from .data import as_images
 from .errors import InputError, SpecError
 from .layers import GMM, Classifier
-from .layers.gmm import responsibilities
 from .spec import build_layers, resolve, shorten
+from .topdown import Fuse, SamplingOptions, top_down
 
 
 def _is_integer(value) -> bool:
@@ -125,12 +125,22 @@ class DCGMM(nn.Module):
 
     def gmm_layers(self) -> Iterator[tuple[int, GMM]]:
         """(index, layer) of every GMM layer, bottom to top."""
-        return ((i, layer) for i, layer in enumerate(self.layers) if isinstance(layer, GMM))
+        return ((i, layer) for i, layer in enumerate(self.layers) if layer.is_mixture)
+
+    @property
+    def top_gmm(self) -> int:
+        """Index of the top GMM layer (every spec has one): the layer whose density scores whole images."""
+        return max(i for i, _ in self.gmm_layers())
 
     @property
     def classifier(self) -> Classifier | None:
         last = self.layers[-1]
         return last if isinstance(last, Classifier) else None
+
+    @property
+    def stack(self) -> list:
+        """The layers below a top classifier (all layers when there is none): what trains by its own losses."""
+        return list(self.layers[:-1] if self.classifier is not None else self.layers)
 
     @property
     def device(self) -> torch.device:
@@ -171,23 +181,28 @@ class DCGMM(nn.Module):
         return outputs
 
     @torch.no_grad()
-    def estimate(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
+    def estimate(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
         """Estimation up to the top GMM layer, keeping each GMM layer's log-likelihood per position.
 
         ``x``: one batch of images ``(N, H, W, C)`` on the model's device (not checked).
+        ``missing``: optional bool ``(N, H, W)``: pixels to marginalise out. Every GMM layer then computes its
+        responsibilities from the known dimensions of its input only (:meth:`GMM.marginal_log_joint`), which
+        gives p(z | x1) of Eq. 8 at the lowest layer; a position whose input has no known dimension counts as
+        missing in the layer above, and Folding and Pooling carry the flags along with the signal. No
+        log-likelihoods are kept then.
 
         Returns the outputs of the layers up to and including the top GMM layer (a classifier above it is
         skipped) and ``{index: log p}`` with ``log p`` of shape (N, H', W') for every GMM layer.
         """
-        gmm_index = [i for i, _ in self.gmm_layers()]
         outputs, log_p = [], {}
-        for i, layer in enumerate(self.layers[: gmm_index[-1] + 1]):
-            if isinstance(layer, GMM):
-                log_joint = layer.log_joint(x)
-                log_p[i] = torch.logsumexp(log_joint, dim=-1)
-                x = responsibilities(log_joint)
+        known = None if missing is None else (~missing)[..., None].to(x.dtype).expand(x.shape)
+        for i, layer in enumerate(self.layers[: self.top_gmm + 1]):
+            if known is None:
+                x, value = layer.estimate(x)
+                if value is not None:
+                    log_p[i] = value
             else:
-                x = layer(x)
+                x, known = layer.estimate_known(x, known)
             outputs.append(x)
         return outputs, log_p
 
@@ -241,18 +256,33 @@ class DCGMM(nn.Module):
 
         Needs a global top GMM layer (one position), as in every Table I architecture.
         """
-        top = [i for i, _ in self.gmm_layers()][-1]
+        top = self.top_gmm
         h, w, _ = self.layers[top].out_shape
         if h * w != 1:
             raise InputError(f"clustering needs a global top GMM layer (1x1 positions); layer {top} of {self.spec!r} has {h}x{w}")
         return np.concatenate([self.estimate(x)[0][-1].reshape(len(x), -1).argmax(1).cpu().numpy() for x in self.batches(images, batch_size)])
 
     # ------------------------------------------------------------------------------------------ sampling
-    def sample(self, n: int, top_s: int | None = 1, **options) -> torch.Tensor:
-        """Draw ``n`` images ``(n, H, W, C)``; see :func:`dcgmm.sampling.sample` for the options."""
-        from .sampling import sample
+    @torch.no_grad()
+    def top_down(
+        self,
+        start: int,
+        control: torch.Tensor,
+        options: SamplingOptions,
+        fuse: Fuse | None = None,
+        keep: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The one top-down pass (:func:`dcgmm.topdown.top_down`): layer ``start`` receives ``control``
+        ``(N, H', W', C')``; returns images ``(N, H, W, C)``."""
+        return top_down(self.layers, start, control, options, fuse=fuse, keep=keep)
 
-        return sample(self, n, top_s=top_s, **options)
+    @torch.no_grad()
+    def sample(self, n: int, options: SamplingOptions = SamplingOptions()) -> torch.Tensor:
+        """Draw ``n`` images ``(n, H, W, C)`` in one batch, from the top GMM layer's mixing weights down
+        (:func:`dcgmm.sampling.sample` batches and checks arguments)."""
+        layer = self.layers[self.top_gmm]
+        control = torch.exp(layer.log_weights).expand(n, *layer.out_shape)
+        return self.top_down(self.top_gmm, control, options)
 
     # ------------------------------------------------------------------------------------------ I/O
     def layer_summary(self) -> list[str]:

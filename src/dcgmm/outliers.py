@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .layers import GMM, Folding, Pooling
 from .model import DCGMM
 from .progress import progress_bar
 
@@ -202,7 +201,7 @@ def outlier_maps(model: DCGMM, images, c: float, batch_size: int = 500) -> dict[
 
 
 def _below(model: DCGMM, index: int) -> list:
-    if not isinstance(model.layers[index], GMM):
+    if not model.layers[index].is_mixture:
         raise InputError(f"layer {index} of {model.spec} is {model.layers[index].spec()}, not a GMM layer")
     return list(model.layers)[:index]
 
@@ -218,8 +217,7 @@ def pixel_map(model: DCGMM, index: int, position_map: torch.Tensor) -> torch.Ten
     """
     signal = position_map.to(torch.float32)[..., None]
     for layer in reversed(_below(model, index)):
-        if isinstance(layer, (Folding, Pooling)):
-            signal = layer.sample(signal.expand(*signal.shape[:3], layer.out_shape[2])).mean(-1, keepdim=True)
+        signal = layer.carry_map_down(signal)
     return signal[..., 0]
 
 
@@ -230,8 +228,7 @@ def position_mask(model: DCGMM, index: int, pixels: torch.Tensor) -> torch.Tenso
     """
     signal = pixels.to(torch.float32)[..., None]
     for layer in _below(model, index):
-        if isinstance(layer, (Folding, Pooling)):
-            signal = layer(signal.expand(*signal.shape[:3], layer.in_shape[2])).amax(-1, keepdim=True)
+        signal = layer.carry_map_up(signal)
     return signal[..., 0] > 0
 
 

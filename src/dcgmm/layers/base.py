@@ -2,9 +2,17 @@
 
 A layer knows its input shape ``(H, W, C)`` when it is built and derives its output shape from it.
 
-* Estimation (up): ``forward(x)`` maps ``(N, H, W, C)`` to ``(N, H', W', C')``.
-* Sampling (down): ``sample(control)`` maps a control signal shaped like the output, ``(N, H', W', C')``,
-  to one shaped like the input, ``(N, H, W, C)``.
+* Estimation (up): ``forward(x)`` maps ``(N, H, W, C)`` to ``(N, H', W', C')``; ``estimate(x)`` also returns
+  the log-likelihood per position of a density layer, ``estimate_known(x, known)`` the same with unknown
+  input dimensions marginalised out.
+* Sampling (down): ``sample(control, top_s, noise, generator)`` maps a control signal shaped like the
+  output, ``(N, H', W', C')``, to one shaped like the input, ``(N, H, W, C)``.
+* Maps of positions: ``carry_map_down`` / ``carry_map_up`` move a one-channel map ``(N, H, W, 1)`` between a
+  layer's output positions and its input positions (outlier maps down to the pixels, damaged pixels up).
+
+What the algorithms need to know about a layer, it says itself: ``is_mixture`` (a GMM: a density at every
+position, sampled by drawing components), ``moves_positions`` (Folding and Pooling: their downward signal
+is what sharpening refines) and ``is_linear`` (Folding: ``adjoint`` carries gradients down exactly).
 """
 
 from __future__ import annotations
@@ -23,6 +31,12 @@ class Layer(nn.Module):
 
     #: single-letter code of the layer type in spec strings (F, P, G, C)
     letter: str = "?"
+    #: a GMM layer: a density at every position, its output the responsibilities
+    is_mixture: bool = False
+    #: Folding and Pooling: they rearrange positions, and sharpening refines the signal they send down
+    moves_positions: bool = False
+    #: the forward map is linear and ``adjoint`` is its transpose
+    is_linear: bool = False
 
     def __init__(self, in_shape: Shape):
         super().__init__()
@@ -51,12 +65,53 @@ class Layer(nn.Module):
         """Estimation: ``(N, H, W, C)`` -> ``(N, H', W', C')``."""
         raise NotImplementedError
 
-    def sample(self, control: torch.Tensor, **options) -> torch.Tensor:
-        """Sampling: control ``(N, H', W', C')`` -> control ``(N, H, W, C)``."""
+    def estimate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Estimation with the density kept: ``(output, log p per position (N, H', W') or None)``."""
+        return self(x), None
+
+    def estimate_known(self, x: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Estimation from the known input dimensions only: ``(output, which output dimensions are known)``.
+
+        ``known`` is 0/1 of the shape of ``x``. A layer that only moves values carries the flags as it
+        carries the values.
+        """
+        return self(x), self(known)
+
+    def sample(
+        self, control: torch.Tensor, top_s: int | None = None, noise: float = 0.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Sampling: control ``(N, H', W', C')`` -> control ``(N, H, W, C)``.
+
+        ``top_s``, ``noise`` and ``generator`` matter to layers that draw (GMM); the others ignore them.
+        """
         raise NotImplementedError
+
+    def carry_map_down(self, signal: torch.Tensor) -> torch.Tensor:
+        """A map over the output positions ``(N, H', W', 1)`` onto the input positions ``(N, H, W, 1)``."""
+        return signal
+
+    def carry_map_up(self, signal: torch.Tensor) -> torch.Tensor:
+        """A map over the input positions ``(N, H, W, 1)`` onto the output positions ``(N, H', W', 1)``."""
+        return signal
 
     def extra_repr(self) -> str:
         return f"{self.spec()}: {self.in_shape} -> {self.out_shape}"
+
+
+class SpatialLayer(Layer):
+    """A layer that rearranges positions (Folding, Pooling): position maps travel with its windows."""
+
+    moves_positions = True
+
+    def carry_map_down(self, signal: torch.Tensor) -> torch.Tensor:
+        """Every input position gets the mean of the map over the windows that cover it (0 where none does):
+        ``(N, H', W', 1)`` -> ``(N, H, W, 1)``."""
+        return self.sample(signal.expand(*signal.shape[:3], self.out_shape[2])).mean(-1, keepdim=True)
+
+    def carry_map_up(self, signal: torch.Tensor) -> torch.Tensor:
+        """Every output position gets the largest value of the map within its window: ``(N, H, W, 1)`` ->
+        ``(N, H', W', 1)``."""
+        return self(signal.expand(*signal.shape[:3], self.in_shape[2])).amax(-1, keepdim=True)
 
 
 def scatter_sum(patches: torch.Tensor, size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:

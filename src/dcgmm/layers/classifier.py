@@ -49,7 +49,7 @@ class Classifier(Layer):
             raise InputError(f"labels must lie in 0..{self.n_classes - 1} for {self.spec()}")
         return F.cross_entropy(self.forward(x)[:, 0, 0, :], labels)
 
-    def sample(self, control: torch.Tensor, confidence: float = 0.99, **options) -> torch.Tensor:
+    def sample(self, control: torch.Tensor, top_s=None, noise: float = 0.0, generator=None, confidence: float = 0.99) -> torch.Tensor:
         """Class codes ``(N, 1, 1, n_classes)`` -> control ``(N, H, W, C)``: non-negative, summing to 1 per position.
 
         The approximate inverse of Sec. III-A4, ``T' = (T - b) W``, applied to logit targets: each code

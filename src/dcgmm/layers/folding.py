@@ -7,10 +7,10 @@ import warnings
 import torch
 
 from ..errors import SpecError
-from .base import Layer, Shape, scatter_mean, scatter_sum
+from .base import Shape, SpatialLayer, scatter_mean, scatter_sum
 
 
-class Folding(Layer):
+class Folding(SpatialLayer):
     """Gather every ``fy x fx`` window (strides ``sy, sx``, no padding) into the channel axis.
 
     Output channel order is (patch row, patch column, input channel): the content of window
@@ -19,6 +19,7 @@ class Folding(Layer):
     """
 
     letter = "F"
+    is_linear = True
 
     def __init__(self, in_shape: Shape, fy: int, fx: int, sy: int = 1, sx: int = 1):
         self.kernel = (int(fy), int(fx))
@@ -53,7 +54,7 @@ class Folding(Layer):
         windows = x.unfold(1, fy, sy).unfold(2, fx, sx)  # [N, H', W', C, fy, fx]
         return windows.permute(0, 1, 2, 4, 5, 3).reshape(x.shape[0], *self.out_shape)
 
-    def sample(self, control: torch.Tensor, **options) -> torch.Tensor:
+    def sample(self, control: torch.Tensor, top_s=None, noise: float = 0.0, generator=None) -> torch.Tensor:
         """``(N, H', W', fy*fx*C)`` -> ``(N, H, W, C)``, averaging overlapping windows."""
         h, w, c = self.in_shape
         patches = control.reshape(control.shape[0], *self.out_shape[:2], *self.kernel, c)

@@ -91,6 +91,7 @@ class GMM(Layer):
 
     letter = "G"
     has_loss = True
+    is_mixture = True
 
     def __init__(self, in_shape: Shape, n_components: int, variance_floor: float = 0.05, mu_init: float = 0.01):
         self.n_components = int(n_components)
@@ -202,6 +203,17 @@ class GMM(Layer):
         """Responsibilities softmax_k(log pi_k + log N_k(x)) (Eq. 4): ``(N, H, W, D)`` -> ``(N, H, W, K)``."""
         return responsibilities(self.log_joint(x))
 
+    def estimate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Responsibilities ``(N, H, W, K)`` and the exact log p(x) per position ``(N, H, W)``, from one log joint."""
+        log_joint = self.log_joint(x)
+        return responsibilities(log_joint), torch.logsumexp(log_joint, dim=-1)
+
+    def estimate_known(self, x: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Responsibilities p(z | x_o) from the known dimensions o (:meth:`marginal_log_joint`); a position
+        with no known dimension counts as unknown in the layer above. ``(N, H, W, D)`` -> ``(N, H, W, K)`` twice."""
+        output = responsibilities(self.marginal_log_joint(x, known))
+        return output, known.amax(-1, keepdim=True).expand(output.shape)
+
     def log_likelihood(self, x: torch.Tensor, coefficients: tuple | None = None) -> torch.Tensor:
         """Exact log p(x) = logsumexp_k log(pi_k N_k(x)) per position: ``(N, H, W, D)`` -> ``(N, H, W)``."""
         return torch.logsumexp(self.log_joint(x, coefficients), dim=-1)
@@ -244,7 +256,6 @@ class GMM(Layer):
         top_s: int | None = None,
         noise: float = 0.0,
         generator: torch.Generator | None = None,
-        **options,
     ) -> torch.Tensor:
         """Draw a component per position and emit its centroid (plus ``noise`` x sigma x N(0, 1)).
 

@@ -6,10 +6,10 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import SpecError
-from .base import Layer, Shape, scatter_mean
+from .base import Shape, SpatialLayer, scatter_mean
 
 
-class Pooling(Layer):
+class Pooling(SpatialLayer):
     """Max pooling over ``ky x kx`` windows with strides ``sy, sx`` (default: the kernel size), no padding.
 
     Sampling is nearest-neighbour up-sampling: every output value is copied to the pixels of its
@@ -45,7 +45,7 @@ class Pooling(Layer):
         pooled = F.max_pool2d(x.permute(0, 3, 1, 2), self.kernel, self.stride)  # [N, C, H', W']
         return pooled.permute(0, 2, 3, 1)
 
-    def sample(self, control: torch.Tensor, **options) -> torch.Tensor:
+    def sample(self, control: torch.Tensor, top_s=None, noise: float = 0.0, generator=None) -> torch.Tensor:
         """``(N, H', W', C)`` -> ``(N, H, W, C)`` by nearest-neighbour up-sampling."""
         n, hp, wp, c = control.shape
         patches = control[:, :, :, None, None, :].expand(n, hp, wp, *self.kernel, c)
