@@ -23,13 +23,14 @@ import torch
 
 from . import __version__
 from .checkpoint import CHECKPOINT_FILE, MODEL_FILE, atomic_write_bytes, atomic_write_text, load_model
+from .distributed import processes
 from .data import DATASETS, fetch, load_dataset, load_npy, open_npy, parse_classes, read_array
 from .errors import DCGMMError, InputError, TrainingDiverged
 from .inpainting import DEFAULT_C, DEFAULT_COVERAGE
 from .model import DCGMM, ModelConfig
 from .plots import PICTURE_SUFFIXES
 from .runs import clear_run, lock_run, remove_stale_temporaries, writable_file, writable_folder
-from .spec import PRESETS, parse
+from .spec import PRESETS
 from .training import TrainConfig, Trainer
 
 
@@ -97,34 +98,9 @@ def _print_report(report: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- commands
-def _start_processes(device: torch.device) -> tuple[int, int, torch.device]:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on GPUs (one
-    per process, by LOCAL_RANK). Returns (rank, world size, device); (0, 1, device) for a single process."""
-    from torch import distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
 def cmd_train(args) -> int:
-    rank, world, device = _start_processes(_device(args.device))
-    if world == 1:
+    with processes(_device(args.device)) as (rank, world, device):
         return _train(args, rank, world, device)
-    from torch import distributed as dist
-
-    try:
-        status = _train(args, rank, world, device)
-        dist.barrier()  # tear the group down together: a rank leaving early can abort its peer's gloo threads
-        return status
-    finally:
-        dist.destroy_process_group()
 
 
 DEFAULT_ARCH = "2L-c"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import mmap
 import os
 import pickle
 import re
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .errors import DataError, InputError
 
@@ -484,7 +486,75 @@ def open_npy(path: str | Path) -> np.ndarray:
     return array if array.ndim == 4 else array[..., None]
 
 
+class ImageSource:
+    """Images that are read a batch at a time: an in-memory array or tensor, or a memory-mapped ``.npy``.
+
+    ``images``: ``(N, H, W, C)`` or ``(N, H, W)``; a tensor is taken as float values, an array (memory-mapped
+    or not) goes through :func:`as_images` one batch at a time (uint8 scaled to [0, 1], NaN/inf refused), so
+    a memory-mapped file larger than RAM is never read whole. Training (random batches, :meth:`take`) and
+    estimation (batches in order, :meth:`chunks`) read through the same object.
+    """
+
+    def __init__(self, images):
+        if isinstance(images, ImageSource):
+            images = images.images
+        if isinstance(images, torch.Tensor):
+            if images.dim() == 3:
+                images = images[..., None]
+        else:
+            images = np.asarray(images) if not isinstance(images, np.ndarray) else images
+            if images.ndim == 3:
+                images = images[..., None]
+        if images.ndim != 4:
+            raise InputError(f"images must have shape (N, H, W) or (N, H, W, C); got shape {tuple(images.shape)}")
+        self.images = images
+        if isinstance(images, np.memmap):
+            _advise_random_access(images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape)
+
+    def take(self, index: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Images ``index`` (int tensor ``(B,)``) as float32 ``(B, H, W, C)`` on ``device``."""
+        if isinstance(self.images, torch.Tensor):
+            return self.images[index].to(device, torch.float32)
+        return torch.from_numpy(as_images(self.images[index.numpy()])).to(device)
+
+    def chunks(self, batch_size: int, device: str | torch.device = "cpu"):
+        """Float32 batches ``(B, H, W, C)`` in order, each read and converted on its own."""
+        for start in range(0, len(self.images), batch_size):
+            chunk = self.images[start : start + batch_size]
+            if not isinstance(chunk, torch.Tensor):  # a copy: memory-mapped batches are read-only
+                chunk = torch.from_numpy(as_images(np.array(chunk)))
+            yield chunk.to(device, torch.float32)
+
+    def value_range(self, chunk: int = 10_000) -> tuple[float, float]:
+        """(min, max) of all pixel values, read ``chunk`` images at a time."""
+        if isinstance(self.images, torch.Tensor):
+            return float(self.images.min()), float(self.images.max())
+        low, high = np.inf, -np.inf
+        for block in self.chunks(chunk):
+            low, high = min(low, float(block.min())), max(high, float(block.max()))
+        return low, high
+
+
+def _advise_random_access(images: np.memmap) -> None:
+    """Tell the kernel that batches hit the file in random order, so it reads only the pages asked for.
+
+    With its default read-ahead, every image of a random batch pulls in its whole neighbourhood (128 KiB or
+    more for a 784-byte image); for a file larger than the page cache that multiplies the disk reads ~100x.
+    """
+    mapping = getattr(images, "_mmap", None)  # numpy keeps the mmap object of a memmap here
+    if mapping is not None and hasattr(mmap, "MADV_RANDOM"):
+        mapping.madvise(mmap.MADV_RANDOM)
+
+
 __all__ = [
+    "ImageSource",
     "DATASETS",
     "as_images",
     "dataset_info",

@@ -11,18 +11,21 @@ SGD from random initial values:
 * per-parameter rate factors; layers above the first may wait a fraction of training before they adapt;
 * a top classifier, if present, trains alongside on cross-entropy.
 
-Data-parallel training: inside a ``torch.distributed`` process group (e.g. started by ``torchrun``), every
-process takes its share of each global batch (``batch_size`` images, split evenly by rank), and in each
-step the gradients are averaged over all processes with one all-reduce, as DDP does. The per-step
-objectives that drive the annealing are all-reduced too, so every process anneals identically and all
-hold the same parameters: the run equals a single process with the same global batch and seed, up to the
-order of floating-point sums.
+The schedule (starts, annealing, phases, learning rates) is :class:`dcgmm.schedule.Schedule`; data come
+through :class:`dcgmm.data.ImageSource` (in memory or memory-mapped). Data-parallel training: inside a
+``torch.distributed`` process group (e.g. started by ``torchrun``), every process takes its share of each
+global batch (``batch_size`` images, split evenly by rank), and the gradients and the objectives that drive
+the annealing are averaged over all processes (:mod:`dcgmm.distributed`), so every process anneals
+identically and all hold the same parameters: the run equals a single process with the same global batch
+and seed, up to the order of floating-point sums.
+
+Training changes no global state: initial values and data order come from generators seeded by
+``config.seed``, and nothing else of the process (RNG, flush-denormal mode) is touched.
 """
 
 from __future__ import annotations
 
 import math
-import mmap
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -31,27 +34,15 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch import distributed as dist
 
-from .annealing import Annealing
 from .checkpoint import CHECKPOINT_FILE, _model_tensors, model_from_tensors, read_file, save_file, save_model
-from .data import as_images
+from .data import ImageSource
+from .distributed import average_tensors, average_values, process_group
 from .errors import CheckpointError, InputError, TrainingDiverged
-from .layers import Classifier
 from .layers.gmm import smoothing_kernel
 from .model import DCGMM
 from .progress import progress_bar, write_line
-
-
-def _advise_random_access(images: np.memmap) -> None:
-    """Tell the kernel that batches hit the file in random order, so it reads only the pages asked for.
-
-    With its default read-ahead, every image of a random batch pulls in its whole neighbourhood (128 KiB or
-    more for a 784-byte image); for a file larger than the page cache that multiplies the disk reads ~100x.
-    """
-    mapping = getattr(images, "_mmap", None)  # numpy keeps the mmap object of a memmap here
-    if mapping is not None and hasattr(mmap, "MADV_RANDOM"):
-        mapping.madvise(mmap.MADV_RANDOM)
+from .schedule import Schedule
 
 
 def _check_step_size(model: DCGMM, config: "TrainConfig") -> None:
@@ -86,13 +77,6 @@ def _warn_about_range(value_range: tuple[float, float]) -> None:
             f"rate 0.1) are made for images in [0, 1]: divide 0-255 values by 255 (uint8 arrays are scaled for you)",
             stacklevel=3,
         )
-
-
-def process_group() -> tuple[int, int]:
-    """(rank, world size) of the initialised ``torch.distributed`` process group; (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 @dataclass
@@ -158,23 +142,6 @@ class TrainConfig:
 
 
 @dataclass
-class LayerState:
-    """Training state of one GMM layer."""
-
-    annealing: Annealing
-    start_step: int
-    phase: int = 1
-    lr: float = 0.0
-
-    def state_dict(self) -> dict:
-        return {"annealing": self.annealing.state_dict(), "start_step": self.start_step, "phase": self.phase, "lr": self.lr}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.annealing.load_state_dict(state["annealing"])
-        self.start_step, self.phase, self.lr = state["start_step"], state["phase"], state["lr"]
-
-
-@dataclass
 class EpochRecord:
     """What one epoch did, per GMM layer (keyed by layer index)."""
 
@@ -187,15 +154,33 @@ class EpochRecord:
     classifier_loss: float | None = None
 
 
+    def line(self) -> str:
+        """The epoch as one log line."""
+        parts = [f"epoch {self.epoch:3d} {self.seconds:6.2f}s"]
+        for index in self.sigma:
+            obj = self.objective[index]
+            parts.append(f"L{index} obj {'wait' if obj is None else f'{obj:9.2f}'} sigma {self.sigma[index]:.3f} phase {self.phase[index]}")
+        if self.classifier_loss is not None:
+            parts.append(f"ce {self.classifier_loss:.4f}")
+        return " | ".join(parts)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "EpochRecord":
+        """Inverse of ``asdict`` after a JSON round trip (layer keys come back as strings)."""
+        per_layer = {k: {int(i): v for i, v in values[k].items()} for k in ("objective", "sigma", "phase", "lr")}
+        return cls(**{**values, **per_layer})
+
+
 class Trainer:
-    """Trains a :class:`DCGMM` on an image array; see the module docstring for the method.
+    """Trains a :class:`DCGMM` on images; see the module docstring for the method.
 
     Parameters
     ----------
     model : the model; its parameters are re-initialised from ``config.seed`` unless resuming.
     config : training settings.
-    images : float32 array or tensor, shape (N, H, W, C), or a memory-mapped ``.npy``
-        (:func:`dcgmm.data.open_npy`, uint8 or float), read one batch at a time.
+    images : float32 array or tensor, shape (N, H, W, C), a memory-mapped ``.npy``
+        (:func:`dcgmm.data.open_npy`, uint8 or float) or an :class:`~dcgmm.data.ImageSource`; arrays are read
+        and converted one batch at a time.
     labels : int array, shape (N,), needed only if the model has a classifier.
     """
 
@@ -204,13 +189,10 @@ class Trainer:
         self.model = model.to(device)
         self.config = config
         self.device = torch.device(device)
-        # a memory-mapped array (dcgmm.data.open_npy) stays on disk: batches are read and converted one at a time
-        self.images = images if isinstance(images, np.memmap) else torch.as_tensor(images)
-        if isinstance(images, np.memmap):
-            _advise_random_access(images)
-        model.check_images(self._batch(torch.arange(1)))
-        if model.config.value_range is None:
-            model.config.value_range = self._value_range()
+        self.images = ImageSource(images)
+        model.check_images(self.images.take(torch.arange(1), self.device))
+        if model.config.value_range is None:  # inputs far outside it are refused later
+            model.config.value_range = self.images.value_range()
         _warn_about_range(model.config.value_range)
         if len(self.images) < config.batch_size:
             raise InputError(f"{len(self.images)} training images are fewer than one batch of {config.batch_size}: lower --batch-size")
@@ -233,36 +215,14 @@ class Trainer:
         self.step = 0
         self.history: list[EpochRecord] = []
         self.data_generator = torch.Generator().manual_seed(config.seed + 1)
-
-        torch.manual_seed(config.seed)
         init_generator = torch.Generator().manual_seed(config.seed)
-        self.states: dict[int, LayerState] = {}
-        for rank, (index, layer) in enumerate(model.gmm_layers()):
+        for _, layer in model.gmm_layers():
             layer.reset_parameters(init_generator)
-            sigma0 = config.sigma_start if config.sigma_start is not None else 0.25 * math.sqrt(2 * layer.n_components)
-            annealing = Annealing(sigma0, config.sigma_min, config.gamma, config.window, config.delta)
-            start = int(round(rank * config.wait * self.total_steps))
-            self.states[index] = LayerState(annealing, start, phase=1, lr=config.lr)
+        self.schedule = Schedule({i: layer.n_components for i, layer in model.gmm_layers()}, config, self.total_steps)
         self.optimizer = torch.optim.SGD(self._param_groups(), lr=config.lr)
         self._apply_phases()
-        self._stack = [layer for layer in model.layers if not isinstance(layer, Classifier)]  # what trains without autograd
 
     # ------------------------------------------------------------------------------------------ setup
-    def _batch(self, idx: torch.Tensor) -> torch.Tensor:
-        """Images ``idx`` as float32 (B, H, W, C) on the training device."""
-        if isinstance(self.images, torch.Tensor):
-            return self.images[idx].to(self.device, torch.float32, non_blocking=True)
-        return torch.from_numpy(as_images(self.images[idx.numpy()])).to(self.device)
-
-    def _value_range(self, chunk: int = 10_000) -> tuple[float, float]:
-        if isinstance(self.images, torch.Tensor):
-            return float(self.images.min()), float(self.images.max())
-        low, high = np.inf, -np.inf
-        for start in range(0, len(self.images), chunk):
-            block = as_images(np.array(self.images[start : start + chunk]))
-            low, high = min(low, float(block.min())), max(high, float(block.max()))
-        return low, high
-
     def _param_groups(self) -> list[dict]:
         c = self.config
         groups = []
@@ -279,45 +239,33 @@ class Trainer:
         return groups
 
     def _apply_phases(self) -> None:
-        """Phase 1 freezes precisions and weights; set learning rates from each layer's state."""
+        """Phase 1 freezes precisions and weights; learning rates follow each layer's schedule."""
         for index, layer in self.model.gmm_layers():
-            state = self.states[index]
+            state = self.schedule.layers[index]
             layer.precision_raw.requires_grad_(state.phase == 2)
             layer.weight_logits.requires_grad_(state.phase == 2)
         for group in self.optimizer.param_groups:
             if group["layer"] is not None:
-                group["lr"] = self.states[group["layer"]].lr * group["rate"]
-
-    def _update_phase(self, index: int) -> None:
-        state, c = self.states[index], self.config
-        if state.phase == 2:
-            return
-        if c.precisions_from is None:
-            trigger = state.annealing.done
-        else:
-            trigger = self.step >= c.precisions_from * self.total_steps
-        if trigger:
-            state.phase = 2
-            self._apply_phases()
+                group["lr"] = self.schedule.layers[group["layer"]].lr * group["rate"]
 
     # ------------------------------------------------------------------------------------------ steps
     def train_step(self, x: torch.Tensor, y: torch.Tensor | None) -> dict:
         """One SGD step on a batch ``x`` (B, H, W, C).
 
         Returns each active GMM layer's objective (higher is better), keyed by layer index, and the
-        classifier's cross-entropy under ``"classifier"``.
+        classifier's cross-entropy under ``"classifier"``. Raises :class:`TrainingDiverged` before the step
+        when an objective is not finite.
         """
         if len(x) == 0:
             raise InputError("train_step got an empty batch: give at least one image")
         kernels = {}
         for index, layer in self.model.gmm_layers():
-            state = self.states[index]
-            if self.step >= state.start_step:
-                kernels[index] = smoothing_kernel(layer.n_components, state.annealing.sigma, self.device, layer.centroids.dtype)
+            if self.schedule.active(index, self.step):
+                kernels[index] = smoothing_kernel(layer.n_components, self.schedule.sigma(index), self.device, layer.centroids.dtype)
         self.optimizer.zero_grad(set_to_none=True)
         objectives, grads, h = {}, {}, x
         with torch.no_grad():  # GMM layers: gradients in closed form (GMM.training_step), no autograd
-            for index, layer in enumerate(self._stack):
+            for index, layer in enumerate(self.model.stack):
                 if index in kernels:
                     objectives[index], h, grads[index] = layer.training_step(h, kernels[index])
                 else:
@@ -325,7 +273,7 @@ class Trainer:
         for index, (grad_w, grad_mu, grad_p) in grads.items():
             layer = self.model.layers[index]
             layer.centroids.grad = grad_mu
-            if self.states[index].phase == 2:
+            if self.schedule.layers[index].phase == 2:
                 layer.precision_raw.grad, layer.weight_logits.grad = grad_p, grad_w
         values = dict(zip(objectives, torch.stack(list(objectives.values())).tolist())) if objectives else {}
         if self.model.classifier is not None:
@@ -333,22 +281,17 @@ class Trainer:
             loss.backward()
             values["classifier"] = float(loss.detach())
         if self.world > 1 and values:
-            values = self._average_objectives(values)  # every process sees the same values, and stops alike
+            values = average_values(values, self.world, self.device)  # every process sees the same values, and stops alike
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:  # before the step: the parameters stay those of the last finite step
             raise TrainingDiverged(self._divergence_message(bad[0], values[bad[0]]))
         if values:
             if self.world > 1:
-                self._average_gradients()
+                average_tensors([p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None], self.world)
             self.optimizer.step()
         for index, value in values.items():
-            if index == "classifier":
-                continue
-            state = self.states[index]
-            if state.annealing.update(value):
-                state.lr = max(state.lr * self.config.gamma, min(self.config.lr_min, self.config.lr))
+            if index != "classifier" and self.schedule.record(index, value, self.step):
                 self._apply_phases()
-            self._update_phase(index)
         self.step += 1
         return values
 
@@ -360,32 +303,14 @@ class Trainer:
         return (f"training diverged: {what} became {value} at epoch {self.epoch + 1}, step {self.step + 1} (stopped "
                 f"before that step; the parameters are those of the step before). {hint[0].upper()}{hint[1:]}.")
 
-    def _average_gradients(self) -> None:
-        """All-reduce (mean) every gradient over the process group, in one flat buffer."""
-        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-    def _average_objectives(self, objectives: dict) -> dict:
-        """The global objectives: every process's values averaged (all processes then anneal alike)."""
-        keys = list(objectives)
-        values = torch.tensor([objectives[k] for k in keys], dtype=torch.float64, device=self.device)
-        dist.all_reduce(values)
-        return dict(zip(keys, (values / self.world).tolist()))
-
     def fit(self, progress: bool = True, on_epoch_end: Callable[["Trainer"], None] | None = None) -> list[EpochRecord]:
-        """Train until ``config.epochs``; call ``on_epoch_end(self)`` after every epoch (e.g. to checkpoint)."""
+        """Train until ``config.epochs``; call ``on_epoch_end(self)`` after every epoch (e.g. to checkpoint).
+
+        ``progress``: a bar per epoch on a terminal, and a line per epoch (:meth:`EpochRecord.line`).
+        """
         c = self.config
         self.model.train()
         self.model.statistics = None  # outlier statistics describe the old parameters; recompute after training
-        # responsibilities far below 1e-38 are subnormal floats, which make CPU arithmetic up to 10x slower;
-        # flushing them to zero changes no result that matters (they are exp of less than -87)
-        torch.set_flush_denormal(True)
         while self.epoch < c.epochs:
             start = time.perf_counter()
             order = torch.randperm(len(self.images), generator=self.data_generator)
@@ -393,7 +318,7 @@ class Trainer:
             bar = progress_bar(range(self.steps_per_epoch), enabled=progress, desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False)
             for b in bar:
                 idx = order[b * c.batch_size : (b + 1) * c.batch_size][self.rank :: self.world]
-                x = self._batch(idx)
+                x = self.images.take(idx, self.device)
                 y = None if self.labels is None else self.labels[idx].to(self.device)
                 values = self.train_step(x, y)
                 for k, v in values.items():
@@ -402,7 +327,7 @@ class Trainer:
                     bar.set_postfix_str(self._status(values))
             bar.close()
             record = EpochRecord(self.epoch + 1, time.perf_counter() - start)
-            for index, state in self.states.items():
+            for index, state in self.schedule.layers.items():
                 record.objective[index] = sums[index] / self.steps_per_epoch if index in sums else None
                 record.sigma[index] = state.annealing.sigma
                 record.phase[index] = state.phase
@@ -412,14 +337,14 @@ class Trainer:
             self.history.append(record)
             self.epoch += 1
             if progress:
-                write_line(self._epoch_line(record))
+                write_line(record.line())
             if on_epoch_end is not None:
                 on_epoch_end(self)
         return self.history
 
     def _status(self, values: dict) -> str:
         parts = []
-        for index, state in self.states.items():
+        for index, state in self.schedule.layers.items():
             value = values.get(index)
             text = "wait" if value is None else f"{value:.1f}"
             parts.append(f"L{index}:{text} s={state.annealing.sigma:.2f} p{state.phase}")
@@ -427,34 +352,26 @@ class Trainer:
             parts.append(f"ce={values['classifier']:.3f}")
         return " ".join(parts)
 
-    def _epoch_line(self, r: EpochRecord) -> str:
-        parts = [f"epoch {r.epoch:3d} {r.seconds:6.2f}s"]
-        for index in r.sigma:
-            obj = r.objective[index]
-            parts.append(f"L{index} obj {'wait' if obj is None else f'{obj:9.2f}'} sigma {r.sigma[index]:.3f} phase {r.phase[index]}")
-        if r.classifier_loss is not None:
-            parts.append(f"ce {r.classifier_loss:.4f}")
-        return " | ".join(parts)
-
     # ------------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, folder: str | Path) -> Path:
-        """Write ``checkpoint.safetensors`` (resume state) and ``model.safetensors`` into ``folder``, atomically."""
+        """Write ``checkpoint.safetensors`` (resume state) and then ``model.safetensors`` into ``folder``, each
+        atomically. A process killed between the two leaves a checkpoint one epoch ahead of the model file;
+        resuming starts from the checkpoint."""
         folder = Path(folder)
         tensors = _model_tensors(self.model)
-        for i, group in enumerate(self.optimizer.param_groups):
-            for j, param in enumerate(group["params"]):
-                for key, value in self.optimizer.state.get(param, {}).items():
-                    if torch.is_tensor(value):
-                        tensors[f"optim.{i}.{j}.{key}"] = value.detach().cpu().contiguous()
-        tensors["rng.torch"] = torch.get_rng_state()
+        optimizer = self.optimizer.state_dict()
+        for param, state in optimizer["state"].items():
+            for key, value in state.items():
+                tensors[f"optim.{param}.{key}"] = value.detach().cpu().contiguous()
         tensors["rng.data"] = self.data_generator.get_state()
         metadata = {
             "model_config": self.model.config.to_dict(),
             "train_config": asdict(self.config),
+            "optimizer": {"param_groups": optimizer["param_groups"], "state": {str(p): sorted(s) for p, s in optimizer["state"].items()}},
             "trainer": {
                 "epoch": self.epoch,
                 "step": self.step,
-                "layers": {str(k): s.state_dict() for k, s in self.states.items()},
+                "layers": self.schedule.state_dict(),
                 "history": [asdict(r) for r in self.history],
             },
         }
@@ -489,19 +406,14 @@ class Trainer:
         trainer.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         state = metadata["trainer"]
         trainer.epoch, trainer.step = state["epoch"], state["step"]
-        for key, layer_state in state["layers"].items():
-            trainer.states[int(key)].load_state_dict(layer_state)
-        trainer.history = [
-            EpochRecord(**{**r, **{k: {int(i) if i.isdigit() else i: v for i, v in r[k].items()} for k in ("objective", "sigma", "phase", "lr")}})
-            for r in state["history"]
-        ]
+        trainer.schedule.load_state_dict(state["layers"])
+        trainer.history = [EpochRecord.from_dict(r) for r in state["history"]]
+        if "optimizer" in metadata:  # checkpoints of plain SGD before 0.2 held no optimizer state at all
+            saved = metadata["optimizer"]
+            optimizer_state = {
+                int(p): {key: tensors[f"optim.{p}.{key}"].to(trainer.device) for key in keys} for p, keys in saved["state"].items()
+            }
+            trainer.optimizer.load_state_dict({"state": optimizer_state, "param_groups": saved["param_groups"]})
         trainer._apply_phases()
-        for i, group in enumerate(trainer.optimizer.param_groups):
-            for j, param in enumerate(group["params"]):
-                prefix = f"optim.{i}.{j}."
-                for key, value in tensors.items():
-                    if key.startswith(prefix):
-                        trainer.optimizer.state[param][key[len(prefix):]] = value.to(trainer.device)
-        torch.set_rng_state(tensors["rng.torch"])
         trainer.data_generator.set_state(tensors["rng.data"])
         return trainer
