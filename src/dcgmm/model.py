@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import as_images
+from .data import ImageSource
 from .errors import InputError, SpecError
 from .layers import GMM, Classifier
 from .spec import build_layers, resolve, shorten
@@ -209,19 +209,16 @@ class DCGMM(nn.Module):
     def batches(self, images, batch_size: int = 500) -> Iterator[torch.Tensor]:
         """Checked float32 batches of ``images`` on the model's device.
 
-        ``images``: array, memmap or tensor ``(N, H, W, C)``; only one batch at a time is read into memory,
-        so a memory-mapped ``.npy`` larger than RAM works. Arrays go through :func:`dcgmm.data.as_images`
-        (uint8 is scaled to [0, 1], ``(N, H, W)`` gets a channel axis).
+        ``images``: array, memmap, tensor or :class:`~dcgmm.data.ImageSource`, ``(N, H, W, C)`` or
+        ``(N, H, W)``; only one batch at a time is read into memory, so a memory-mapped ``.npy`` larger than
+        RAM works. Arrays go through :func:`dcgmm.data.as_images` (uint8 is scaled to [0, 1]).
         """
         if batch_size < 1:
             raise InputError(f"batch size must be at least 1; got {batch_size}")
-        if len(images) == 0:
+        source = ImageSource(images)
+        if len(source) == 0:
             raise InputError("no images given: pass at least one image")
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            if not isinstance(chunk, torch.Tensor):  # a copy: memory-mapped batches are read-only
-                chunk = torch.from_numpy(as_images(np.array(chunk)))
-            x = chunk.to(self.device, torch.float32)
+        for x in source.chunks(batch_size, self.device):
             self.check_images(x)
             yield x
 
