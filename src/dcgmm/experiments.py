@@ -35,12 +35,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_text, save_model
+from .checkpoint import atomic_write_text
 from .data import load_dataset
 from .errors import InputError
 from .metrics import Bins, davies_bouldin, dunn_index, near_duplicates, pairwise_distances
 from .model import DCGMM
-from .outliers import RunningMoments, fit_statistics, image_scores, outlier_curve
+from .outliers import RunningMoments, image_scores, outlier_curve
+from .pipeline import train_run
 from .plots import plot_centroids, plot_outlier_curves, plot_samples
 from .progress import progress_bar
 from .sampling import Sharpening, sample, sample_components
@@ -263,10 +264,11 @@ class Experiment:
             images = data.images("train", c.inliers)
             start = time.perf_counter()
             model = DCGMM.from_spec(arch, input_shape=images.shape[1:])
-            Trainer(model, TrainConfig(epochs=c.epochs, seed=c.seed), images).fit(progress=False)
-            fit_statistics(model, images, source=f"{data.name} train classes {_classes(c.inliers)}")
+            trainer = Trainer(model, TrainConfig(epochs=c.epochs, seed=c.seed), images)
+            train_run(trainer, self.out / "models" / data.name / _slug(arch), source=f"{data.name} train classes {_classes(c.inliers)}",
+                      samples=0, pictures=False, progress=False, extra={"experiment": "inlier classes " + _classes(c.inliers)},
+                      log=lambda line: None)
             self._train_seconds[key] = time.perf_counter() - start
-            save_model(model, self.out / "models" / data.name / _slug(arch), extra={"experiment": "inlier classes " + _classes(c.inliers)})
             self._models[key] = model
         return self._models[key]
 
