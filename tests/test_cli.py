@@ -164,7 +164,7 @@ def test_output_paths_that_cannot_be_written(files, tmp_path, capsys):
     np.save(mask, np.zeros((8, 8), bool))
     assert "is a file, not a folder" in error(capsys, "inpaint", "--model", out, "--npy", files["small"], "--mask", mask, "--out", a_file)
     assert "is a file, not a folder" in error(capsys, "occlude", "--data", files["small"], "--out", a_file)
-    assert "is a folder: pass a .npy file" in error(capsys, "eval", "--model", out, "--data", tmp_path)
+    assert "holds no PNG or JPEG images" in error(capsys, "eval", "--model", out, "--data", tmp_path)  # a folder is read as images
 
 
 def test_read_only_folders_are_found_before_the_work(files, tmp_path, capsys, monkeypatch):

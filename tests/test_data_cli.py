@@ -161,3 +161,58 @@ def test_cli_errors_are_one_clear_line(tmp_path, digits_npy, capsys):
     assert "does not exist" in error(["eval", "--model", str(run), "--data", str(tmp_path / "missing.npy")])
     (run / "model.safetensors").write_bytes(b"\x00" * 20)
     assert "corrupt" in error(["eval", "--model", str(run), "--data", str(digits_npy)])
+
+
+# ---------------------------------------------------------------------------------------------- image folders
+def _write_pngs(folder, images):
+    from PIL import Image
+
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"img{i:04d}.png")
+
+
+def test_train_and_eval_on_a_folder_of_pngs(tmp_path, digits, capsys):
+    images = (digits[0][:500, :, :, 0] * 255).round().astype(np.uint8)
+    folder = tmp_path / "pngs"
+    _write_pngs(folder, images)
+    (folder / "notes.txt").write_text("not an image")  # skipped
+    loaded = data.load_images(folder)
+    assert loaded.shape == (500, 8, 8, 1) and loaded.dtype == np.uint8
+    np.testing.assert_array_equal(loaded[..., 0], images)  # PNG is lossless, files in name order
+    run = tmp_path / "run"
+    assert main(["train", "--arch", "F(4,4,2,2) G(4) F(3,3,1,1) G(4)", "--data", str(folder), "--epochs", "1",
+                 "--batch-size", "50", "--out", str(run), "--quiet"]) == 0
+    assert main(["eval", "--model", str(run), "--data", str(folder)]) == 0
+    report = json.loads((run / "eval-pngs.json").read_text())
+    assert report["n_images"] == 500 and np.isfinite(report["layers"]["layer_3"]["mean_loglik_per_image"])
+    assert load_model(run).config.value_range == (0.0, 1.0)  # bytes scaled as for uint8 arrays
+
+
+def test_image_folders_that_do_not_fit_are_refused(tmp_path):
+    from PIL import Image
+
+    grey = np.zeros((8, 8), np.uint8)
+    mixed = tmp_path / "mixed"
+    _write_pngs(mixed, [grey, grey])
+    Image.fromarray(np.zeros((9, 8), np.uint8)).save(mixed / "img0005.png")
+    with pytest.raises(InputError, match=r"img0005.png is 8x9 grey, but img0000.png \(the first image\) is 8x8 grey"):
+        data.load_images(mixed)
+    colour = tmp_path / "colour"
+    _write_pngs(colour, [grey])
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(colour / "img0001.jpg")
+    with pytest.raises(InputError, match="img0001.jpg is 8x8 RGB, but img0000.png"):
+        data.load_images(colour)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no PNG or JPEG images"):
+        data.load_images(tmp_path / "empty")
+    broken = tmp_path / "broken"
+    _write_pngs(broken, [grey])
+    (broken / "img0001.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="img0001.png cannot be read as an image"):
+        data.load_images(broken)
+    alpha = tmp_path / "alpha"
+    alpha.mkdir()
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(alpha / "a.png")
+    with pytest.raises(InputError, match="is a RGBA image: use grey"):
+        data.load_images(alpha)

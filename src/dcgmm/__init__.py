@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 from .checkpoint import load_model, save_model
 from .data import fetch, load_dataset, load_npy
 from .errors import CheckpointError, DataError, DCGMMError, InputError, SpecError
+from .estimator import DeepGaussianMixture
 from .model import DCGMM, ModelConfig
 from .spec import PRESETS, parse
 from .training import TrainConfig, Trainer
@@ -24,6 +25,7 @@ __all__ = [
     "DCGMM",
     "DCGMMError",
     "DataError",
+    "DeepGaussianMixture",
     "InputError",
     "ModelConfig",
     "PRESETS",

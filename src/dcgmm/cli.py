@@ -496,7 +496,7 @@ def _add_data_dir(p) -> None:
 
 def _add_data_options(p, default_dataset: str | None = "mnist") -> None:
     p.add_argument("--dataset", default=default_dataset, choices=sorted(DATASETS) + ["fashion"], help="named dataset (default: %(default)s)")
-    p.add_argument("--data", metavar="PATH.npy", help="images in a .npy file (or an .npz of one array), (N,H,W) or (N,H,W,C); uint8 is scaled to [0,1], float taken as is; train reads a .npy memory-mapped, a batch at a time")
+    p.add_argument("--data", metavar="PATH.npy", help="images in a .npy file (or an .npz of one array), (N,H,W) or (N,H,W,C), or a folder of PNG/JPEG images of one size; uint8 and image files are scaled to [0,1], float taken as is; train reads a .npy memory-mapped, a batch at a time")
     p.add_argument("--classes", help="class subset of a named dataset, e.g. 0-4 or 0,3,7")
     _add_data_dir(p)
     _add_device(p)

@@ -465,8 +465,55 @@ def _read_npz(path: Path, what: str) -> np.ndarray:
         raise InputError(f"{what} is a damaged .npz archive ({exc}): save the images with numpy.save") from None
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+"""Files of an image folder that :func:`load_images` reads (any case); others are skipped."""
+_MODES = {"1": 1, "L": 1, "RGB": 3}
+
+
+def load_images(folder: str | Path) -> np.ndarray:
+    """The PNG and JPEG images of ``folder``, in file-name order, as uint8 ``(N, H, W, C)``.
+
+    All must have one size and be all grey (C = 1; bilevel images count as grey) or all RGB (C = 3);
+    InputError names the first file that differs, or that cannot be read. Files with other suffixes and
+    hidden files are skipped. :func:`as_images` scales the bytes to [0, 1].
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder of images")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    if not files:
+        raise InputError(f"{folder} holds no PNG or JPEG images ({', '.join(IMAGE_SUFFIXES)})")
+    arrays, first = [], None
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                mode, size = image.mode, image.size
+                if mode not in _MODES:
+                    raise InputError(f"{path} is a {mode} image: use grey (L) or RGB images, e.g. convert it with Pillow's Image.convert('RGB')")
+                pixels = np.asarray(image.convert("L") if mode == "1" else image, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise InputError(f"{path} cannot be read as an image ({exc})") from None
+        kind = (size, _MODES[mode])
+        if first is None:
+            first = (path, kind)
+        elif kind != first[1]:
+            (w0, h0), c0 = first[1]
+            raise InputError(
+                f"{path} is {size[0]}x{size[1]} {'RGB' if kind[1] == 3 else 'grey'}, but {first[0].name} (the first image) is "
+                f"{w0}x{h0} {'RGB' if c0 == 3 else 'grey'}: all images of a folder must have one size and one mode"
+            )
+        arrays.append(pixels.reshape(size[1], size[0], kind[1]))
+    return np.stack(arrays)
+
+
 def load_npy(path: str | Path) -> np.ndarray:
-    """Load images from a ``.npy`` file; see :func:`as_images` for the accepted layouts and dtypes."""
+    """Load images from a ``.npy`` file (or a folder of PNG/JPEG images, :func:`load_images`); see
+    :func:`as_images` for the accepted layouts and dtypes."""
+    if Path(path).is_dir():
+        return as_images(load_images(path), what=f"images in {path}")
     return as_images(read_array(path), what=f"images in {path}")
 
 
@@ -474,10 +521,12 @@ def open_npy(path: str | Path) -> np.ndarray:
     """Memory-map a ``.npy`` file of images without reading it, for data larger than RAM.
 
     Returns the read-only memmap ``(N, H, W)`` or ``(N, H, W, C)`` as stored (uint8 or float; an ``.npz`` of
-    one array is read into memory, as it cannot be mapped); whoever reads
+    one array, and a folder of PNG/JPEG images, are read into memory, as they cannot be mapped); whoever reads
     a batch converts it with :func:`as_images` (which also rejects NaN there). :class:`~dcgmm.Trainer` and
     :meth:`DCGMM.batches` read one batch at a time.
     """
+    if Path(path).is_dir():  # a folder of PNG/JPEG images: read into memory as bytes, scaled per batch
+        return load_images(path)
     array = read_array(path, mmap=True)
     if array.ndim not in (3, 4) or array.shape[0] == 0:
         raise InputError(f"images in {path} must be a non-empty (N, H, W) or (N, H, W, C) array; got shape {array.shape}")
@@ -562,6 +611,7 @@ __all__ = [
     "default_cache_dir",
     "fetch",
     "load_dataset",
+    "load_images",
     "load_npy",
     "open_npy",
     "parse_classes",
