@@ -4,6 +4,7 @@ Each test runs the command a user would type and checks the exit status and the 
 nothing may end in a traceback, a silent acceptance or a half-written run folder.
 """
 
+import json
 import os
 
 import numpy as np
@@ -15,6 +16,8 @@ from dcgmm.checkpoint import CHECKPOINT_FILE, MODEL_FILE, read_file, save_file
 from dcgmm.cli import main
 from dcgmm.errors import DataError, InputError
 from dcgmm.runs import lock_run
+
+from fakes import write_pngs
 
 SMALL = "F(4,4,2,2) G(4) F(3,3,1,1) G(4)"
 FLAT = "F(8,8,1,1) G(4)"
@@ -396,3 +399,82 @@ def test_cli_defaults_are_the_librarys():
     assert (occ.fill, occ.seed) == (default(occlude, "fill"), default(occlude, "seed"))
     exp = parser.parse_args(["experiment", "all"])
     assert (exp.epochs, exp.reruns, exp.seed) == (ExperimentConfig.epochs, ExperimentConfig.reruns, ExperimentConfig.seed)
+
+
+@pytest.fixture
+def digits_npy(tmp_path, digits):
+    images, _ = digits
+    path = tmp_path / "digits.npy"
+    np.save(path, images[:400])
+    return path
+
+
+def test_cli_train_eval_info(tmp_path, digits_npy, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--arch", "F(4,4,2,2) G(9) F(3,3,1,1) G(4)", "--data", str(digits_npy), "--epochs", "2", "--batch-size", "50", "--out", str(run), "--quiet"]
+    assert main(args) == 0
+    for name in ["model.safetensors", "checkpoint.safetensors", "history.json", "training.png", "centroids_layer1.png", "centroids_layer3.png", "samples.png", "samples.npy"]:
+        assert (run / name).is_file(), name
+    assert main(args) == 2  # refuses to overwrite an existing run
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--data", str(digits_npy), "--epochs", "3", "--batch-size", "50", "--out", str(run), "--resume", "--quiet"]) == 0
+    assert len(json.loads((run / "history.json").read_text())) == 3
+    assert main(["eval", "--model", str(run), "--data", str(digits_npy)]) == 0
+    report = json.loads((run / "eval-digits.npy.json").read_text())
+    assert set(report["layers"]) == {"layer_1", "layer_3"}
+    assert np.isfinite(report["layers"]["layer_3"]["mean_loglik_per_image"])
+    assert main(["info", "--model", str(run)]) == 0
+    assert load_model(run).statistics.layers[3].count == 400  # outlier statistics saved with the model
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, digits_npy, capsys):
+    def error(args):
+        assert main(args) == 2
+        return capsys.readouterr().err
+
+    assert "unknown layer type" in error(["train", "--arch", "Q(3) G(2)", "--data", str(digits_npy), "--out", str(tmp_path / "a")])
+    assert "larger than its 8x8 input" in error(["train", "--arch", "1L", "--data", str(digits_npy), "--out", str(tmp_path / "b")])
+    assert "holds no model.safetensors" in error(["eval", "--model", str(tmp_path), "--data", str(digits_npy)])
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((3, 28, 28), np.float32))
+    run = tmp_path / "run"
+    assert main(["train", "--arch", "F(8,8,1,1) G(4)", "--data", str(digits_npy), "--epochs", "1", "--batch-size", "50", "--out", str(run), "--quiet"]) == 0
+    assert "takes images of shape (N, 8, 8, 1)" in error(["eval", "--model", str(run), "--data", str(wrong)])
+    nan = tmp_path / "nan.npy"
+    arr = np.zeros((3, 8, 8), np.float32)
+    arr[0, 0, 0] = np.nan
+    np.save(nan, arr)
+    assert "NaN" in error(["eval", "--model", str(run), "--data", str(nan)])
+    assert "does not exist" in error(["eval", "--model", str(run), "--data", str(tmp_path / "missing.npy")])
+    (run / "model.safetensors").write_bytes(b"\x00" * 20)
+    assert "corrupt" in error(["eval", "--model", str(run), "--data", str(digits_npy)])
+
+
+def test_cli_train_on_classes_writes_the_held_out_outlier_curve(toy_dataset, tmp_path):
+    folder, arrays = toy_dataset
+    run = tmp_path / "run"
+    args = ["train", "--arch", "F(7,7,7,7) G(4) F(4,4,1,1) G(3)", "--dataset", "toy", "--data-dir", str(folder),
+            "--classes", "0-4", "--epochs", "1", "--batch-size", "5", "--out", str(run), "--quiet"]
+    assert main(args) == 0
+    report = json.loads((run / "outliers.json").read_text())
+    test_labels = arrays[("test", "labels")]
+    assert report["n_inliers"] == (test_labels < 5).sum() and report["n_outliers"] == (test_labels >= 5).sum()
+    assert 0 <= report["auroc"] <= 1 and (run / "outliers.png").is_file()
+    assert "classes 0-4" in load_model(run).statistics.source
+
+
+def test_train_and_eval_on_a_folder_of_pngs(tmp_path, digits, capsys):
+    images = (digits[0][:500, :, :, 0] * 255).round().astype(np.uint8)
+    folder = tmp_path / "pngs"
+    write_pngs(folder, images)
+    (folder / "notes.txt").write_text("not an image")  # skipped
+    loaded = data.load_images(folder)
+    assert loaded.shape == (500, 8, 8, 1) and loaded.dtype == np.uint8
+    np.testing.assert_array_equal(loaded[..., 0], images)  # PNG is lossless, files in name order
+    run = tmp_path / "run"
+    assert main(["train", "--arch", "F(4,4,2,2) G(4) F(3,3,1,1) G(4)", "--data", str(folder), "--epochs", "1",
+                 "--batch-size", "50", "--out", str(run), "--quiet"]) == 0
+    assert main(["eval", "--model", str(run), "--data", str(folder)]) == 0
+    report = json.loads((run / "eval-pngs.json").read_text())
+    assert report["n_images"] == 500 and np.isfinite(report["layers"]["layer_3"]["mean_loglik_per_image"])
+    assert load_model(run).config.value_range == (0.0, 1.0)  # bytes scaled as for uint8 arrays

@@ -1,10 +1,15 @@
+"""Sample-quality and clustering measures against scipy and naive computations."""
+
+import math
+
 import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import norm
 
 from dcgmm import InputError
-from dcgmm.metrics import Bins, js_divergence, ndb_count, near_duplicates
+from dcgmm.metrics import (Bins, davies_bouldin, dunn_index, js_divergence, ndb_count, near_duplicates,
+                           pairwise_distances)
 
 
 def test_js_divergence_equals_scipy():
@@ -55,3 +60,52 @@ def test_near_duplicates_equals_a_naive_count():
         any(np.sqrt(((x[i] - x[j]) ** 2).mean()) <= 0.02 for j in range(len(x)) if j != i) for i in range(len(x))
     )
     assert near_duplicates(x) == naive == 3
+
+
+def _points(seed=0, n=60, d=5, k=4):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    return (rng.normal(size=(n, d)) + 3 * labels[:, None]).astype(np.float32), labels
+
+
+def test_pairwise_distances_equal_numpy():
+    x, _ = _points()
+    naive = np.sqrt(((x[:, None, :].astype(np.float64) - x[None, :, :]) ** 2).sum(-1))
+    np.testing.assert_allclose(pairwise_distances(x, chunk=7), naive, rtol=1e-6, atol=1e-5)
+
+
+def test_dunn_index_equals_a_naive_double_loop():
+    x, labels = _points()
+    separation, diameter = math.inf, 0.0
+    for i in range(len(x)):
+        for j in range(len(x)):
+            d = float(np.linalg.norm(x[i].astype(np.float64) - x[j]))
+            if labels[i] == labels[j]:
+                diameter = max(diameter, d)
+            else:
+                separation = min(separation, d)
+    assert dunn_index(pairwise_distances(x), labels) == pytest.approx(separation / diameter, rel=1e-5)
+
+
+def test_davies_bouldin_equals_the_formula():
+    x, labels = _points(seed=1)
+    ids = np.unique(labels)
+    centres = np.stack([x[labels == k].mean(0) for k in ids])
+    spread = np.array([np.linalg.norm(x[labels == k] - centres[i], axis=1).mean() for i, k in enumerate(ids)])
+    worst = [max((spread[i] + spread[j]) / np.linalg.norm(centres[i] - centres[j]) for j in range(len(ids)) if j != i) for i in range(len(ids))]
+    assert davies_bouldin(x, labels) == pytest.approx(np.mean(worst), rel=1e-5)
+
+
+def test_clustering_measures_refuse_one_cluster_and_wrong_lengths():
+    x, labels = _points()
+    with pytest.raises(InputError, match="two non-empty clusters"):
+        dunn_index(pairwise_distances(x), np.zeros(len(x)))
+    with pytest.raises(InputError, match="one cluster label per image"):
+        davies_bouldin(x, labels[:-1])
+
+
+def test_better_separated_clusters_score_better():
+    x, labels = _points()
+    far = x + 5 * labels[:, None]  # same clusters, moved apart
+    assert dunn_index(pairwise_distances(far), labels) > dunn_index(pairwise_distances(x), labels)
+    assert davies_bouldin(far, labels) < davies_bouldin(x, labels)

@@ -1,4 +1,5 @@
-import copy
+"""Outlier statistics (streaming moments, Eq. 6), scores, maps between positions and pixels, the CLI of stats/score/outliers."""
+
 import json
 
 import numpy as np
@@ -7,33 +8,13 @@ import torch
 
 from dcgmm import DCGMM, PRESETS, InputError, TrainConfig, Trainer, load_model, save_model
 from dcgmm.cli import main
-from dcgmm.inpainting import inpaint, occlude
-from dcgmm.outliers import (
-    STD_FLOOR,
-    RunningMoments,
-    fit_statistics,
-    image_scores,
-    is_inlier,
-    outlier_curve,
-    outlier_maps,
-    pixel_map,
-    position_mask,
-    zscores,
-)
+from dcgmm.inpainting import occlude
+from dcgmm.outliers import (STD_FLOOR, RunningMoments, fit_statistics, image_scores, is_inlier, outlier_curve,
+                            outlier_maps, pixel_map, position_mask, zscores)
+
 from tolerance import sum_rtol, variance_atol
 
 SMALL = "F(4,4,2,2) G(9) F(3,3,1,1) G(4)"
-
-
-@pytest.fixture(scope="module")
-def trained(digits):
-    """A small two-layer model trained on the 8x8 digits 0-4, with outlier statistics over its training data."""
-    images, labels = digits
-    train = images[labels < 5]
-    model = DCGMM.from_spec(SMALL, input_shape=(8, 8, 1))
-    Trainer(model, TrainConfig(epochs=8, batch_size=50, window=10), train).fit(progress=False)
-    fit_statistics(model, train, source="digits 0-4")
-    return model, train
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -180,92 +161,6 @@ def test_pixel_map_and_position_mask_against_naive_windows():
 
 
 # ---------------------------------------------------------------------------------------------- in-painting
-def test_marginal_log_joint_against_torch_distributions():
-    torch.manual_seed(0)
-    model = DCGMM.from_spec("F(3,3,1,1) G(4)", input_shape=(3, 3, 2))
-    gmm = model.layers[1]
-    with torch.no_grad():
-        gmm.centroids.normal_()
-        gmm.precision_raw.uniform_(0.1, 2.0)
-        gmm.weight_logits.normal_()
-    x = torch.randn(2, 1, 1, 18)
-    known = torch.rand(2, 1, 1, 18) < 0.6
-    got = gmm.marginal_log_joint(x, known)
-    normal = torch.distributions.Normal(gmm.centroids, torch.exp(-0.5 * gmm.log_precisions))  # [K, D]
-    for n in range(2):
-        keep = known[n, 0, 0]
-        expected = normal.log_prob(x[n, 0, 0]).detach()[:, keep].sum(1) + gmm.log_weights.detach()
-        # float32 sums of 3 terms per dimension over 18 dimensions, taken in other orders by the two formulas
-        torch.testing.assert_close(got[n, 0, 0].detach(), expected, rtol=sum_rtol(3 * 18), atol=1e-4)
-    torch.testing.assert_close(gmm.marginal_log_joint(x, torch.ones_like(known)), gmm.log_joint(x), rtol=sum_rtol(3 * 18), atol=1e-4)
-    torch.testing.assert_close(gmm.marginal_log_joint(x, torch.zeros_like(known))[0, 0, 0], gmm.log_weights)
-
-
-def test_estimation_without_missing_pixels_equals_plain_estimation(trained):
-    model, train = trained
-    # the two paths use different formulas; in float64 their difference is rounding only. Layer 1's log p
-    # (2D + 1 = 33 terms of magnitude <= ~110) may differ by sum_rtol(33, float64) * 110 ~ 1e-12, which
-    # moves its responsibilities by twice that and layer 3's log p (input terms <= ~20 per dimension, 81
-    # dimensions) by ~1e-9: 1e-8 bounds both layers' responsibilities
-    double = copy.deepcopy(model).double()
-    x = torch.as_tensor(train[:10], dtype=torch.float64)
-    plain, _ = double.estimate(x)
-    marginal, _ = double.estimate(x, missing=torch.zeros(10, 8, 8, dtype=torch.bool))
-    assert sum_rtol(33, np.float64) * 110 * 2 * 20 * 81 < 1e-8
-    for a, b in zip(plain, marginal):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
-    x = torch.as_tensor(train[:10])
-    everything, _ = model.estimate(x, missing=torch.ones(10, 8, 8, dtype=torch.bool))
-    torch.testing.assert_close(everything[1], torch.exp(model.layers[1].log_weights).expand(10, 3, 3, 9))
-
-
-def test_occlude_draws_squares_in_the_size_range(digits):
-    images, _ = digits
-    damaged, masks = occlude(images[:50], size=(3, 5), fill=0.5, seed=0)
-    sides = np.sqrt(masks.sum((1, 2)))
-    assert np.all((sides >= 3) & (sides <= 5)) and np.all(sides == np.round(sides))
-    assert np.array_equal(damaged[~masks], images[:50][~masks]) and np.all(damaged[masks] == 0.5)
-    noisy, noise_masks = occlude(images[:50], size=(3, 5), seed=0)
-    assert np.array_equal(noise_masks, masks) and noisy[noise_masks].std() > 0.2
-
-
-def test_inpainting_keeps_known_pixels_and_beats_the_damage(trained, digits):
-    model, _ = trained
-    images, labels = digits
-    clean = images[labels < 5][-100:]
-    damaged, masks = occlude(clean, size=(3, 4), fill="noise", seed=1)
-    given = inpaint(model, damaged, mask=masks)
-    assert np.array_equal(given.masks, masks)
-    assert np.array_equal(given.images[~masks], damaged[~masks])  # x1 is clamped
-    err = lambda x: ((x - clean) ** 2)[..., 0][masks].mean()
-    assert err(given.images) < 0.5 * err(damaged)
-    auto = inpaint(model, damaged, c=1.0)
-    assert np.array_equal(auto.images[~auto.masks], damaged[~auto.masks])
-    assert auto.position_masks[1].shape == (100, 3, 3)
-    precision = (auto.masks & masks).sum() / auto.masks.sum()
-    assert precision > 1.5 * masks.mean()  # the located pixels are damaged more often than pixels at random
-    # nothing is an outlier for a huge c: the image comes back unchanged
-    assert np.array_equal(inpaint(model, damaged, c=1e9).images, damaged)
-
-
-def test_inpainting_and_scoring_reject_bad_input(trained):
-    model, train = trained
-    with pytest.raises(InputError, match=r"shape \(N, 8, 8, 1\)"):
-        image_scores(model, np.zeros((2, 28, 28, 1), np.float32))
-    with pytest.raises(InputError, match="far outside"):
-        image_scores(model, train[:4] * 255)
-    bad = train[:4].copy()
-    bad[1, 2, 3, 0] = np.nan
-    with pytest.raises(InputError, match="NaN"):
-        inpaint(model, bad)
-    with pytest.raises(InputError, match="no images"):
-        image_scores(model, train[:0])
-    with pytest.raises(InputError, match="mask must have shape"):
-        inpaint(model, train[:4], mask=np.zeros((4, 5, 5), bool))
-    single = DCGMM.from_spec("F(8,8,1,1) G(5)", input_shape=(8, 8, 1))
-    fit_statistics(single, train[:50])
-    with pytest.raises(InputError, match="single GMM layer"):
-        inpaint(single, train[:4])
 
 
 def test_cli_stats_score_outliers_inpaint(trained, digits, tmp_path, capsys):

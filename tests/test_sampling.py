@@ -1,10 +1,12 @@
+"""Sampling, conditional sampling, components and variants: shapes, draws, top-S, the CLI."""
+
 import numpy as np
 import pytest
 import torch
 
 from dcgmm import DCGMM, PRESETS, InputError, TrainConfig, Trainer, save_model
 from dcgmm.cli import main
-from dcgmm.sampling import Sharpening, clamp_range, sample, sample_classes, variants
+from dcgmm.sampling import Sharpening, clamp_range, sample, sample_classes, sample_components, variants
 
 SMALL = "F(4,4,2,2) G(9) F(3,3,1,1) G(4)"
 
@@ -117,3 +119,13 @@ def test_cli_sample_and_variants(small_model, digits, tmp_path, capsys):
     assert "clamp layer must lie in 1..5" in capsys.readouterr().err
     assert main(["sample", "--model", run, "--classes", "12", "--quiet"]) == 2
     assert "0..9" in capsys.readouterr().err
+
+
+def test_sample_components_emits_the_fixed_component(digits):
+    model = DCGMM.from_spec("F(8,8,1,1) G(5)", input_shape=(8, 8, 1))
+    Trainer(model, TrainConfig(epochs=1), digits[0][:300]).fit(progress=False)
+    images = sample_components(model, [3, 1, 3])
+    centroids = model.layers[1].centroids.detach()
+    torch.testing.assert_close(images.reshape(3, -1), centroids[[3, 1, 3]])
+    with pytest.raises(InputError, match="components must be"):
+        sample_components(model, [5])

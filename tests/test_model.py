@@ -1,61 +1,15 @@
-import pytest
+"""The DCGMM stack: input checks, configuration, marginalised estimation, clusters, colour images end to end."""
+
+import copy
+
 import numpy as np
+import pytest
 import torch
 
-from dcgmm import DCGMM, PRESETS, ModelConfig
+from dcgmm import DCGMM, ModelConfig, TrainConfig, Trainer
 from dcgmm.errors import InputError, SpecError
-from dcgmm.spec import build_layers, parse
 
-EXPECTED_TOP = {"1L": (1, 1, 25), "2L-a": (1, 1, 36), "2L-b": (1, 1, 36), "2L-c": (1, 1, 36), "2L-d": (1, 1, 36),
-                "2L-e": (1, 1, 36), "3L-a": (1, 1, 49), "3L-b": (1, 1, 25)}
-
-
-@pytest.mark.parametrize("name", list(PRESETS))
-def test_every_table_one_preset_builds_and_runs(name):
-    model = DCGMM.from_spec(name)
-    assert model.layers[-1].out_shape == EXPECTED_TOP[name]
-    x = torch.rand(3, 28, 28, 1)
-    outputs = model(x)
-    assert outputs[-1].shape == (3, *EXPECTED_TOP[name])
-    lls = model.log_likelihoods(x)
-    assert [ll.per_position.shape[1:] for ll in lls] == [model.layers[ll.layer].out_shape[:2] for ll in lls]
-    assert all(torch.isfinite(torch.as_tensor(ll.per_image)).all() for ll in lls)
-
-
-def test_spec_string_round_trip_and_case():
-    spec = "F(8,8,2,2) G(25) F(11,11,1,1) G(36) C(10)"
-    model = DCGMM.from_spec(spec)
-    assert model.spec == spec
-    assert DCGMM.from_spec("2l-c").spec == PRESETS["2L-c"]
-    assert [str(s) for s in parse("f(3, 3, 1, 1)  g(4)  p(2,2)")] == ["F(3,3,1,1)", "G(4)", "P(2,2)"]
-
-
-@pytest.mark.parametrize(
-    "spec,message",
-    [
-        ("F(8,8,2) G(25)", "has 3 argument"),
-        ("X(3) G(2)", "unknown layer type"),
-        ("F(8,8,2,2) G(25", "cannot read"),
-        ("", "unknown architecture"),
-        ("F(a,b,1,1) G(2)", "must be integers"),
-        ("C(10) G(25)", "must be the last layer"),
-        ("F(28,28,1,1)", "no GMM layer"),
-        ("F(30,30,1,1) G(2)", "larger than its 28x28 input"),
-        ("F(8,8,2,2) G(0)", "must be positive"),
-        ("F(8,8,2,2) + G(5)", "cannot read '\\+'"),
-        ("2L-z", "unknown architecture"),
-    ],
-)
-def test_malformed_specs_are_rejected_clearly(spec, message):
-    with pytest.raises(SpecError, match=message):
-        build_layers(spec, (28, 28, 1))
-
-
-def test_non_square_and_colour_inputs():
-    with pytest.warns(UserWarning, match="leaves some pixels uncovered"):
-        model = DCGMM(ModelConfig("F(4,3,2,2) G(9) F(5,4,1,1) G(4)", (13, 11, 3)))
-    assert [l.out_shape for l in model.layers] == [(5, 5, 36), (5, 5, 9), (1, 2, 180), (1, 2, 4)]
-    assert model(torch.rand(2, 13, 11, 3))[-1].shape == (2, 1, 2, 4)
+from tolerance import sum_rtol
 
 
 def test_model_rejects_wrong_images():
@@ -109,3 +63,33 @@ def test_model_config_validates_every_field(options, message):
     with pytest.raises(SpecError, match=message):
         ModelConfig("2L-c", **options)
     assert ModelConfig("2L-c", input_shape=[28, 28, 1], value_range=[0, 1]).input_shape == (28, 28, 1)  # JSON lists are fine
+
+
+def test_estimation_without_missing_pixels_equals_plain_estimation(trained):
+    model, train = trained
+    # the two paths use different formulas; in float64 their difference is rounding only. Layer 1's log p
+    # (2D + 1 = 33 terms of magnitude <= ~110) may differ by sum_rtol(33, float64) * 110 ~ 1e-12, which
+    # moves its responsibilities by twice that and layer 3's log p (input terms <= ~20 per dimension, 81
+    # dimensions) by ~1e-9: 1e-8 bounds both layers' responsibilities
+    double = copy.deepcopy(model).double()
+    x = torch.as_tensor(train[:10], dtype=torch.float64)
+    plain, _ = double.estimate(x)
+    marginal, _ = double.estimate(x, missing=torch.zeros(10, 8, 8, dtype=torch.bool))
+    assert sum_rtol(33, np.float64) * 110 * 2 * 20 * 81 < 1e-8
+    for a, b in zip(plain, marginal):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
+    x = torch.as_tensor(train[:10])
+    everything, _ = model.estimate(x, missing=torch.ones(10, 8, 8, dtype=torch.bool))
+    torch.testing.assert_close(everything[1], torch.exp(model.layers[1].log_weights).expand(10, 3, 3, 9))
+
+
+def test_clusters_are_the_top_layers_most_responsible_component(digits):
+    images, _ = digits
+    model = DCGMM.from_spec("F(8,8,1,1) G(6)", input_shape=(8, 8, 1))
+    Trainer(model, TrainConfig(epochs=1), images[:500]).fit(progress=False)
+    x = torch.as_tensor(images[:50])
+    gmm = model.layers[1]
+    expected = gmm.log_joint(model.layers[0](x)).reshape(50, -1).argmax(1).numpy()
+    np.testing.assert_array_equal(model.clusters(images[:50], batch_size=16), expected)
+    with pytest.raises(InputError, match="global top GMM"):
+        DCGMM.from_spec("F(4,4,4,4) G(3)", input_shape=(8, 8, 1)).clusters(images[:5])
