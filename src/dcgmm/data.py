@@ -491,11 +491,11 @@ def load_images(folder: str | Path) -> np.ndarray:
             with Image.open(path) as image:
                 image.load()
                 mode, size = image.mode, image.size
-                if mode not in _MODES:
-                    raise InputError(f"{path} is a {mode} image: use grey (L) or RGB images, e.g. convert it with Pillow's Image.convert('RGB')")
                 pixels = np.asarray(image.convert("L") if mode == "1" else image, dtype=np.uint8)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise InputError(f"{path} cannot be read as an image ({exc})") from None
+        if mode not in _MODES:
+            raise InputError(f"{path} is a {mode} image: use grey (L) or RGB images, e.g. convert it with Pillow's Image.convert('RGB')")
         kind = (size, _MODES[mode])
         if first is None:
             first = (path, kind)
