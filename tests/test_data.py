@@ -105,7 +105,7 @@ def test_image_folders_that_do_not_fit_are_refused(tmp_path):
     alpha = tmp_path / "alpha"
     alpha.mkdir()
     Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(alpha / "a.png")
-    with pytest.raises(InputError, match=r"a.png is a RGBA image: use grey \(L\) or RGB images, e.g."):
+    with pytest.raises(InputError, match=r"^\S*/a\.png is a RGBA image: use grey \(L\) or RGB images"):
         data.load_images(alpha)
 
 
