@@ -394,7 +394,8 @@ def test_cli_defaults_are_the_librarys():
         assert args.S == default(function, "top_s") and args.noise == default(function, "noise"), command
         assert (args.steps, args.rate) == (Sharpening.steps, Sharpening.rate)
     inp = parser.parse_args(["inpaint", "--model", "m", "--npy", "t.npy", "--out", "o"])
-    assert (inp.c, inp.coverage, inp.marginalize, inp.sharpen) == (default(inpaint, "c"), default(inpaint, "coverage"), default(inpaint, "marginalize"), False)
+    assert (inp.c, inp.coverage, inp.marginalize, inp.sharpen, inp.fill) == (
+        default(inpaint, "c"), default(inpaint, "coverage"), default(inpaint, "marginalize"), False, default(inpaint, "fill"))
     occ = parser.parse_args(["occlude", "--out", "o"])
     assert (occ.fill, occ.seed) == (default(occlude, "fill"), default(occlude, "seed"))
     exp = parser.parse_args(["experiment", "all"])

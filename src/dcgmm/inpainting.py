@@ -67,6 +67,7 @@ def inpaint(
     generator: torch.Generator | None = None,
     batch_size: int = 500,
     progress: bool = False,
+    fill: str | None = None,
 ) -> Inpainted:
     """Complete corrupted images, locating the corruption with the outlier maps unless ``mask`` is given.
 
@@ -81,14 +82,29 @@ def inpaint(
     top_s : top-S restriction of every component choice (1: the most responsible component).
     marginalize : compute the activities A that sampling starts from (Eq. 9) and keeps at inliers (Eq. 10)
         with the replaced pixels marginalised out (``DCGMM.estimate(x, missing)``), i.e. from p(z | x1) as
-        in Eq. 8. False: from the corrupted image as it is, as the paper describes for DCGMMs.
+        in Eq. 8. False: from the corrupted image as it is, as the paper describes for DCGMMs (``fill="sample"``
+        only).
+    fill : ``"mean"``: the conditional mean of the replaced pixels given the known ones — the top layer's
+        posterior given the known pixels, and at every lower GMM position the posterior over its components
+        given the signal from above (as prior) and the known pixels of its window; every layer emits
+        expectations. ``"sample"``: the paper's Eq. 10, one draw. ``None`` (default): ``"mean"`` with a given
+        mask, ``"sample"`` when the damage is located — the better of the two in each case on MNIST 0-4 with
+        2L-c (squared error on 10-14 px squares, 1000 test images: true mask 0.073 mean vs 0.081 sample;
+        located noise squares 0.159 vs 0.155, where damaged pixels the search missed mislead the
+        conditioning; docs/outliers.md).
 
     Returns
     -------
     :class:`Inpainted` with the images, the replaced pixels and the outlier positions.
     """
+    if fill is None:
+        fill = "sample" if mask is None else "mean"
+    if fill not in ("mean", "sample"):
+        raise InputError(f"fill must be 'mean' (the conditional mean) or 'sample' (a draw, Eq. 10); got {fill!r}")
+    if fill == "mean" and not marginalize:
+        raise InputError("fill='mean' conditions on the known pixels, which needs marginalize=True")
     options = SamplingOptions(top_s=top_s, noise=noise, sharpening=sharpening, restrict_start=True,
-                              generator=generator, progress=progress)
+                              generator=generator, progress=progress, mean=fill == "mean")
     if not 0 < coverage <= 1:
         raise InputError(f"coverage must lie in (0, 1]; got {coverage}")
     top = model.top_gmm
@@ -121,12 +137,14 @@ def inpaint(
             pixels = _as_batch_tensor(mask[begin : begin + len(x)], torch.bool, device)
             positions = {i: position_mask(model, i, pixels) for i in lower}
         if marginalize:
-            outputs, _ = model.estimate(x, missing=pixels)
+            outputs, knowns = model.estimate_known(x, missing=pixels)
 
-        def fuse(index: int, control: torch.Tensor) -> torch.Tensor:  # Eq. 10: forward activity at inliers
+        def fuse(index: int, control: torch.Tensor) -> torch.Tensor:
             if index not in positions:
                 return control
-            return torch.where(positions[index][..., None], control, outputs[index])
+            if fill == "mean":  # the posterior given the prior from above and the window's known pixels
+                return model.layers[index].posterior(control, x if index == 0 else outputs[index - 1], knowns[index])
+            return torch.where(positions[index][..., None], control, outputs[index])  # Eq. 10: forward activity at inliers
 
         result = model.top_down(top, outputs[top], options, fuse=fuse, keep=(~pixels[..., None], x))
         out_images.append(result.cpu().numpy())

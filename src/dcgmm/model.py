@@ -194,17 +194,30 @@ class DCGMM(nn.Module):
         Returns the outputs of the layers up to and including the top GMM layer (a classifier above it is
         skipped) and ``{index: log p}`` with ``log p`` of shape (N, H', W') for every GMM layer.
         """
+        if missing is not None:
+            return self.estimate_known(x, missing)[0], {}
         outputs, log_p = [], {}
-        known = None if missing is None else (~missing)[..., None].to(x.dtype).expand(x.shape)
         for i, layer in enumerate(self.layers[: self.top_gmm + 1]):
-            if known is None:
-                x, value = layer.estimate(x)
-                if value is not None:
-                    log_p[i] = value
-            else:
-                x, known = layer.estimate_known(x, known)
+            x, value = layer.estimate(x)
+            if value is not None:
+                log_p[i] = value
             outputs.append(x)
         return outputs, log_p
+
+    @torch.no_grad()
+    def estimate_known(self, x: torch.Tensor, missing: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Estimation with the ``missing`` pixels (bool ``(N, H, W)``) marginalised out, up to the top GMM layer.
+
+        Returns the output of every layer (as :meth:`estimate`) and, for every layer, which dimensions of its
+        input are known (0/1, shaped like that input).
+        """
+        known = (~missing)[..., None].to(x.dtype).expand(x.shape)
+        outputs, knowns = [], []
+        for layer in self.layers[: self.top_gmm + 1]:
+            knowns.append(known)
+            x, known = layer.estimate_known(x, known)
+            outputs.append(x)
+        return outputs, knowns
 
     def batches(self, images, batch_size: int = 500) -> Iterator[torch.Tensor]:
         """Checked float32 batches of ``images`` on the model's device.

@@ -63,6 +63,9 @@ class SamplingOptions:
     """Apply top-S at the start layer too (its signal came from above: a classifier, a template)."""
     generator: torch.Generator | None = None
     """Random numbers of every draw."""
+    mean: bool = False
+    """Emit expectations instead of draws: every GMM layer the mean of its centroids under its (normalised)
+    control signal, so the pass computes an expected image (in-painting's conditional mean)."""
     progress: bool = False
     """Progress bars of the sharpening loops (drawn on a terminal only)."""
 
@@ -189,7 +192,10 @@ def top_down(
         if fuse is not None and index != start:
             control = fuse(index, control)
         draw = options if index != start else unrestricted
-        control = layer.sample(control, top_s=draw.top_s, noise=draw.noise, generator=draw.generator)
+        if options.mean:
+            control = layer.expected(control)
+        else:
+            control = layer.sample(control, top_s=draw.top_s, noise=draw.noise, generator=draw.generator)
         if options.sharpening is not None and layer.moves_positions:
             fixed = keep if index == 0 else None
             control = sharpen(layers, control, index, options.sharpening, options.progress, fixed=fixed)

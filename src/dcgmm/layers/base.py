@@ -86,6 +86,10 @@ class Layer(nn.Module):
         """
         raise NotImplementedError
 
+    def expected(self, control: torch.Tensor) -> torch.Tensor:
+        """The expectation of what :meth:`sample` emits for ``control``: the same map for layers that do not draw."""
+        return self.sample(control)
+
     def carry_map_down(self, signal: torch.Tensor) -> torch.Tensor:
         """A map over the output positions ``(N, H', W', 1)`` onto the input positions ``(N, H, W, 1)``."""
         return signal

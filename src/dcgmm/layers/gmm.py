@@ -283,6 +283,25 @@ class GMM(Layer):
         return out.reshape(*control.shape[:3], self.in_shape[2])
 
 
+    def expected(self, control: torch.Tensor) -> torch.Tensor:
+        """Mean of the emitted centroid when components are drawn in proportion to ``control``:
+        ``sum_k w_k mu_k`` with ``w`` the control normalised per position. ``(N, H, W, K)`` -> ``(N, H, W, D)``."""
+        weights = control.clamp(min=0)
+        total = weights.sum(-1, keepdim=True)
+        weights = torch.where(total > 0, weights / total.clamp_min(1e-30), torch.full_like(weights, 1.0 / self.n_components))
+        return weights @ self.centroids
+
+    def posterior(self, prior: torch.Tensor, x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """p(component | known input dimensions, prior): ``prior_k N_k(x_o) / sum_j prior_j N_j(x_o)``.
+
+        ``prior`` (N, H, W, K): component probabilities from above (used in place of pi); ``x``, ``known``
+        (N, H, W, D): the input and which of its dimensions are known. Without a known dimension the posterior
+        is the prior. Returns (N, H, W, K), rows summing to 1.
+        """
+        log_likelihood = self.marginal_log_joint(x, known) - self.log_weights  # log N_k(x_o)
+        return torch.softmax(torch.log(prior.clamp_min(1e-30)) + log_likelihood, dim=-1)
+
+
 def _gaussian_terms(weight_logits, centroids, precision_raw, variance_floor: float) -> tuple[torch.Tensor, ...]:
     """tau, b = tau mu (K, D) and c (K,) of :meth:`GMM.coefficients`, from the raw parameters."""
     log_tau = -math.log(variance_floor) - F.softplus(precision_raw)  # [K, D]
