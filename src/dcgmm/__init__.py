@@ -8,34 +8,31 @@ Quick start::
     model = DCGMM.from_spec("2L-c")                           # or "F(8,8,2,2) G(25) F(11,11,1,1) G(36)"
     Trainer(model, TrainConfig(epochs=25), images).fit()
     top = model.log_likelihoods(images[:100])[-1].per_image  # (100,) log-likelihoods of the top layer
+
+The names below are imported when first used: ``import dcgmm`` is quick, and PyTorch loads with the first
+of them.
 """
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-from .checkpoint import load_model, save_model
-from .data import fetch, load_dataset, load_npy
-from .errors import CheckpointError, DataError, DCGMMError, InputError, SpecError
-from .estimator import DeepGaussianMixture
-from .model import DCGMM, ModelConfig
-from .spec import PRESETS, parse
-from .training import TrainConfig, Trainer
+_EXPORTS = {
+    "CheckpointError": "errors", "DataError": "errors", "DCGMMError": "errors", "InputError": "errors", "SpecError": "errors",
+    "DCGMM": "model", "ModelConfig": "model", "DeepGaussianMixture": "estimator", "PRESETS": "spec", "parse": "spec",
+    "TrainConfig": "training", "Trainer": "training", "fetch": "data", "load_dataset": "data", "load_npy": "data",
+    "load_model": "checkpoint", "save_model": "checkpoint",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "CheckpointError",
-    "DCGMM",
-    "DCGMMError",
-    "DataError",
-    "DeepGaussianMixture",
-    "InputError",
-    "ModelConfig",
-    "PRESETS",
-    "SpecError",
-    "TrainConfig",
-    "Trainer",
-    "fetch",
-    "load_dataset",
-    "load_model",
-    "load_npy",
-    "parse",
-    "save_model",
-]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dcgmm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

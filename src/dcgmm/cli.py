@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, threads
 from .checkpoint import CHECKPOINT_FILE, MODEL_FILE, atomic_write_bytes, atomic_write_text, load_model, save_model
 from .data import DATASETS, fetch, load_dataset, load_npy, open_npy, parse_classes, read_array
 from .distributed import processes
@@ -137,20 +137,26 @@ def _train_in(args, rank: int, world: int, device: torch.device, out: Path) -> i
             clear_run(out)
     model = trainer.model
     processes = f", {world} processes (global batch {trainer.config.batch_size})" if world > 1 else ""
-    say(f"dcgmm {__version__}: training {model.spec} on {len(images)} images {tuple(images.shape[1:])}, device {device}{processes}")
+    cpu_threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    say(f"dcgmm {__version__}: training {model.spec} on {len(images)} images {tuple(images.shape[1:])}, device {device}{cpu_threads}{processes}")
     for line in model.layer_summary():
         say("  " + line)
     if rank != 0:
         trainer.fit(progress=False)
         return 0  # rank 0 writes the checkpoint, statistics, pictures and reports
     test, outliers = _evaluation_images(args)
+    governor = threads.ThreadGovernor() if args.threads is None and device.type == "cpu" else None
     try:  # every finished epoch is in the checkpoint (a resumed run's first epochs were already there)
-        train_run(trainer, out, source=_describe(args, "train"), test=test, outliers=outliers, progress=not args.quiet)
+        train_run(trainer, out, source=_describe(args, "train"), test=test, outliers=outliers, progress=not args.quiet,
+                  on_step=None if governor is None else governor.step)
     except KeyboardInterrupt:
         print(f"dcgmm: interrupted during epoch {trainer.epoch + 1}. {_saved(out, trainer.epoch)}", file=sys.stderr)
         return 130
     except TrainingDiverged as exc:
         raise TrainingDiverged(f"{exc} {_saved(out, trainer.epoch)}") from None
+    finally:
+        if governor is not None:
+            governor.restore()
     return 0
 
 
@@ -482,6 +488,7 @@ def _default(function, name: str):
 
 def _add_device(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--threads", type=_integer, help="CPU threads to compute with (default: one per core this process may use; train drops to one while the cores are shared, see dcgmm.threads)")
 
 
 def _add_quiet(p) -> None:
@@ -648,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
+        threads.use_threads(getattr(args, "threads", None))
         return args.func(args)
     except DCGMMError as exc:
         print(f"dcgmm: error: {exc}", file=sys.stderr)

@@ -84,6 +84,7 @@ def train_run(
     progress: bool = True,
     extra: dict | None = None,
     log: Callable[[str], None] = print,
+    on_step: Callable[[Trainer], None] | None = None,
 ) -> dict:
     """Train ``trainer`` to its last epoch and write the run folder ``out`` (see the module docstring).
 
@@ -96,6 +97,7 @@ def train_run(
     pictures : write ``training.png`` and the centroid pictures.
     extra : more metadata for ``model.safetensors``.
     log : where the one-line progress reports go.
+    on_step : called after every training step (e.g. :meth:`dcgmm.threads.ThreadGovernor.step`).
 
     Returns
     -------
@@ -106,7 +108,7 @@ def train_run(
     out = Path(out)
     model = trainer.model
     start = time.perf_counter()
-    trainer.fit(progress=progress, on_epoch_end=lambda t: t.save_checkpoint(out))
+    trainer.fit(progress=progress, on_epoch_end=lambda t: t.save_checkpoint(out), on_step=on_step)
     seconds = time.perf_counter() - start
     history = [asdict(r) for r in trainer.history]
     atomic_write_text(out / "history.json", json.dumps(history, indent=1))

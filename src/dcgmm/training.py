@@ -303,8 +303,10 @@ class Trainer:
         return (f"training diverged: {what} became {value} at epoch {self.epoch + 1}, step {self.step + 1} (stopped "
                 f"before that step; the parameters are those of the step before). {hint[0].upper()}{hint[1:]}.")
 
-    def fit(self, progress: bool = True, on_epoch_end: Callable[["Trainer"], None] | None = None) -> list[EpochRecord]:
-        """Train until ``config.epochs``; call ``on_epoch_end(self)`` after every epoch (e.g. to checkpoint).
+    def fit(self, progress: bool = True, on_epoch_end: Callable[["Trainer"], None] | None = None,
+            on_step: Callable[["Trainer"], None] | None = None) -> list[EpochRecord]:
+        """Train until ``config.epochs``; call ``on_epoch_end(self)`` after every epoch (e.g. to checkpoint) and
+        ``on_step(self)`` after every step.
 
         ``progress``: a bar per epoch on a terminal, and a line per epoch (:meth:`EpochRecord.line`).
         """
@@ -321,6 +323,8 @@ class Trainer:
                 x = self.images.take(idx, self.device)
                 y = None if self.labels is None else self.labels[idx].to(self.device)
                 values = self.train_step(x, y)
+                if on_step is not None:
+                    on_step(self)
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
                 if not bar.disable and b % 20 == 0:
