@@ -32,7 +32,7 @@ def test_sample_shapes_for_every_table_one_architecture(arch):
 
 def test_one_layer_top_one_samples_are_exactly_centroids():
     model = DCGMM.from_spec("F(8,8,1,1) G(10)", input_shape=(8, 8, 1))
-    out = sample(model, 200, top_s=1, generator=torch.Generator().manual_seed(0)).reshape(200, 64)
+    out = sample(model, 200, top_s=1, noise=0.0, generator=torch.Generator().manual_seed(0)).reshape(200, 64)
     centroids = model.layers[1].centroids.detach()
     nearest = torch.cdist(out, centroids).argmin(1)  # [200]
     assert torch.equal(out, centroids[nearest])  # bit for bit
@@ -46,7 +46,7 @@ def test_top_layer_draws_follow_the_mixing_weights():
     with torch.no_grad():
         layer.centroids.copy_(torch.arange(4.0)[:, None].expand(4, 4))
         layer.weight_logits.copy_(torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4])))
-    out = sample(model, 20000, generator=torch.Generator().manual_seed(0))
+    out = sample(model, 20000, noise=0.0, generator=torch.Generator().manual_seed(0))
     counts = torch.bincount(out[:, 0, 0, 0].long(), minlength=4).double() / 20000
     torch.testing.assert_close(counts, torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64), atol=0.015, rtol=0)
 
@@ -129,3 +129,28 @@ def test_sample_components_emits_the_fixed_component(digits):
     torch.testing.assert_close(images.reshape(3, -1), centroids[[3, 1, 3]])
     with pytest.raises(InputError, match="components must be"):
         sample_components(model, [5])
+
+
+def test_lower_layer_draws_follow_the_control_restricted_to_the_top_s():
+    """Chi-square test of 40 000 draws against the control signal renormalised over its S largest entries."""
+    from scipy.stats import chisquare
+
+    layer = DCGMM.from_spec("F(1,1,1,1) G(5)", input_shape=(1, 1, 1)).layers[1]
+    with torch.no_grad():
+        layer.centroids.copy_(torch.arange(5.0)[:, None])  # component k emits the value k
+    control = torch.tensor([0.05, 0.3, 0.1, 0.4, 0.15]).expand(40000, 1, 1, 5)
+    for top_s, kept in ((3, [1, 3, 4]), (None, [0, 1, 2, 3, 4])):
+        drawn = layer.sample(control, top_s=top_s, generator=torch.Generator().manual_seed(5))[:, 0, 0, 0].long()
+        counts = torch.bincount(drawn, minlength=5).numpy()
+        assert set(np.flatnonzero(counts)) == set(kept)
+        expected = control[0, 0, 0, kept].numpy() / control[0, 0, 0, kept].sum().item() * 40000
+        assert chisquare(counts[kept], expected).pvalue > 1e-3
+
+
+def test_default_sampling_draws_distinct_images(small_model):
+    out = sample(small_model, 200, generator=torch.Generator().manual_seed(0)).reshape(200, -1).double()
+    distances = torch.cdist(out, out) ** 2 / out.shape[1]
+    distances.fill_diagonal_(float("inf"))
+    assert int((distances.min(1).values > 1e-3).sum()) >= 190  # the default draws; top-1 repeats templates
+    paper = sample(small_model, 200, top_s=1, noise=0.0, generator=torch.Generator().manual_seed(0)).reshape(200, -1).double()
+    assert len(torch.unique(paper, dim=0)) <= small_model.layers[small_model.top_gmm].n_components

@@ -235,7 +235,8 @@ def cmd_sample(args) -> int:
     out = writable_file(Path(args.out) if args.out else _default_out(args.model, "samples.png"), "--out", PICTURE_SUFFIXES)
     if args.npy:
         writable_file(args.npy, "--npy", (".npy",))
-    top_s = None if args.S == 0 else args.S
+    function = sample_classes if args.classes else sample  # each has its own default top-S
+    top_s = _default(function, "top_s") if args.S is None else (None if args.S == 0 else args.S)
     options = dict(top_s=top_s, noise=args.noise, sharpening=_sharpening(args), generator=_generator(args, device), progress=not args.quiet)
     start = time.perf_counter()
     if args.classes:
@@ -250,7 +251,7 @@ def cmd_sample(args) -> int:
     seconds = time.perf_counter() - start
     images = images.cpu().numpy()
     sharp = f"sharpened {args.steps}x{args.rate}" if args.sharpen else "not sharpened"
-    plot_samples(images, out, ncols=ncols, title=f"{model.spec}: top-{args.S or 'all'}, {sharp}", row_labels=row_labels)
+    plot_samples(images, out, ncols=ncols, title=f"{model.spec}: top-{top_s or 'all'}, noise {args.noise:g}, {sharp}", row_labels=row_labels)
     print(f"{len(images)} samples in {seconds:.1f} s -> {out}")
     if args.npy:
         atomic_write_bytes(Path(args.npy), npy_bytes(images))
@@ -543,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
         """The options of ``function`` (sample, variants or inpaint), with its defaults."""
         p.add_argument("--model", required=True, help="run folder (or model file)")
         p.add_argument("--S", type=_integer, default=_default(function, "top_s"), help="top-S sampling: choose among the S largest control values (0 = all; default: %(default)s)")
-        p.add_argument("--sharpen", action=argparse.BooleanOptionalAction, default=True, help="gradient-ascent sharpening below Folding/Pooling layers (default: on)")
+        p.add_argument("--sharpen", action=argparse.BooleanOptionalAction, default=True, help="gradient-ascent sharpening below Folding/Pooling layers (default: off for sample and inpaint, on for variants)")
         p.add_argument("--steps", type=_integer, default=Sharpening.steps, help="sharpening steps G (default: %(default)s)")
         p.add_argument("--rate", type=_finite, default=Sharpening.rate, help="sharpening step size (default: %(default)s)")
         p.add_argument("--noise", type=_finite, default=_default(function, "noise"), help="add noise x sigma x N(0,1) to every emitted centroid (default: %(default)s, centroids only)")
@@ -551,8 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_device(p)
         _add_quiet(p)
 
-    p = sub.add_parser("sample", help="draw samples (optionally of given classes) into a PNG grid and .npy", description="Sample images top-down from a trained model; with --classes, sample through its top classifier.")
+    p = sub.add_parser("sample", help="draw samples (optionally of given classes) into a PNG grid and .npy", description="Sample images top-down from a trained model; with --classes, sample through its top classifier. The paper's setting: --S 1 --noise 0 --sharpen.")
     add_sampling_options(p, sample)
+    p.set_defaults(sharpen=_default(sample, "sharpening") is not None, S=None)  # None: the default of sample / sample_classes
     p.add_argument("--n", type=_integer, default=100, help="number of samples; with --classes, per class (default: %(default)s)")
     p.add_argument("--classes", help="conditional sampling of these classes, e.g. 0,3,7 (needs a model with a C layer)")
     p.add_argument("--out", help="picture of the grid, .png, .jpg, .pdf or .svg (default: samples.png in the run folder)")

@@ -5,7 +5,7 @@
 * ``checkpoint.safetensors`` and ``model.safetensors`` after every epoch (resume with ``Trainer.resume``);
 * ``history.json`` and ``training.png`` (objective and annealing radius per epoch), ``centroids_layer*.png``;
 * the outlier statistics over the training images, saved inside ``model.safetensors``;
-* ``samples.png`` / ``samples.npy``: top-1 samples, sharpened as in the paper (1000 steps of 0.1);
+* ``samples.png`` / ``samples.npy``: samples with the library's defaults (:func:`dcgmm.sampling.sample`);
 * with test images, ``eval.json``: every GMM layer's mean log-likelihood per image;
 * with held-out outlier images, ``outliers.json`` / ``outliers.png``: the Fig. 3 curve and AUROC of the test
   images (inliers) against them.
@@ -29,8 +29,7 @@ import torch
 from .checkpoint import atomic_write_bytes, atomic_write_text, save_model
 from .model import DCGMM
 from .outliers import fit_statistics, image_scores, outlier_curve
-from .sampling import sample
-from .topdown import Sharpening
+from .sampling import DEFAULT_NOISE, DEFAULT_TOP_S, sample
 from .training import Trainer
 
 
@@ -126,10 +125,11 @@ def train_run(
     if samples:
         start = time.perf_counter()
         generator = torch.Generator(device=model.device).manual_seed(trainer.config.seed)
-        drawn = sample(model, samples, top_s=1, sharpening=Sharpening(), generator=generator, progress=progress).cpu().numpy()
+        drawn = sample(model, samples, generator=generator, progress=progress).cpu().numpy()
         atomic_write_bytes(out / "samples.npy", npy_bytes(drawn))
-        plot_samples(drawn, out / "samples.png", title=f"{model.spec}: top-1 samples, sharpened")
-        log(f"{samples} samples (top-1, sharpened) in {time.perf_counter() - start:.1f} s -> {out / 'samples.png'}")
+        how = f"top-{DEFAULT_TOP_S} draws, noise {DEFAULT_NOISE:g} sigma"
+        plot_samples(drawn, out / "samples.png", title=f"{model.spec}: samples ({how})")
+        log(f"{samples} samples ({how}) in {time.perf_counter() - start:.1f} s -> {out / 'samples.png'}")
 
     result = {"seconds": seconds, "eval": None, "auroc": None}
     if test is not None:

@@ -18,7 +18,25 @@ from .errors import InputError
 from .model import DCGMM
 from .topdown import SamplingOptions, Sharpening
 
-__all__ = ["SamplingOptions", "Sharpening", "clamp_range", "sample", "sample_classes", "sample_components", "variants"]
+DEFAULT_TOP_S = 5
+"""Default top-S of :func:`sample` and :func:`sample_classes`: every position draws among its 5 most likely
+components. S = 1 (the paper's top-1) makes each position take its most likely component, so an image is
+fixed by its top component: 1000 top-1 samples of the README main job's 2L-c hold 36 pictures (0 of 1000
+distinct at a mean squared difference of 1e-3 per pixel), NDB 89 of 100 bins. Measured with that model, 1000
+samples against 1000 test images, unsharpened: S = 2, 3, 5, all with noise 0.25: NDB 68, 66, 61, 74."""
+DEFAULT_NOISE = 0.25
+"""Default noise of :func:`sample` and :func:`sample_classes`: each emitted centroid gets 0.25 x its learned
+standard deviation x N(0, 1). With S = 5: noise 0, 0.1, 0.25 give NDB 61, 63, 61 and 848, 1000, 1000 of 1000
+distinct samples; more noise (S = all: 0.25 gives NDB 74) blurs the digits."""
+
+DEFAULT_CLASS_TOP_S = 2
+"""Default top-S of :func:`sample_classes`: a class code spreads the top layer's control over many components,
+so wider choices drift to other classes. 2L-c + C(10) on all of MNIST (25 epochs), 100 samples per class,
+noise 0.25, judged by a logistic regression on raw pixels (fitted on 20 000 training images, 91.7% on the
+test set): S = 2, 3, 5 give 93.7%, 88.6%, 68.9% of the right class, each with 100 of 100 distinct per class;
+S = 1 without noise gives 100% but a single picture per class."""
+
+__all__ = ["DEFAULT_CLASS_TOP_S", "DEFAULT_NOISE", "DEFAULT_TOP_S", "SamplingOptions", "Sharpening", "clamp_range", "sample", "sample_classes", "sample_components", "variants"]
 
 
 def _options(top_s, noise, sharpening, generator, progress, restrict_start: bool) -> SamplingOptions:
@@ -37,8 +55,8 @@ def _batches(n: int, batch_size: int):
 def sample(
     model: DCGMM,
     n: int,
-    top_s: int | None = 1,
-    noise: float = 0.0,
+    top_s: int | None = DEFAULT_TOP_S,
+    noise: float = DEFAULT_NOISE,
     sharpening: Sharpening | None = None,
     generator: torch.Generator | None = None,
     batch_size: int = 500,
@@ -46,8 +64,12 @@ def sample(
 ) -> torch.Tensor:
     """Draw ``n`` images, shape (n, H, W, C), from the top GMM layer's mixing weights down.
 
-    ``top_s`` restricts every lower GMM layer's choice to the S largest entries of its control signal
-    (None: no restriction); ``sharpening`` (None: off) refines the signals of Folding/Pooling layers.
+    ``top_s`` restricts every lower GMM layer's random choice to the S largest entries of its control signal
+    (None: no restriction; 1: the paper's top-1, one image per top component); ``noise`` adds that many
+    learned standard deviations of noise to every emitted centroid; ``sharpening`` (None: off) refines the
+    signals of Folding/Pooling layers. The defaults (:data:`DEFAULT_TOP_S`, :data:`DEFAULT_NOISE`, no
+    sharpening) are the measured best for diverse, faithful samples; the paper's setting is ``top_s=1,
+    noise=0, sharpening=Sharpening()``.
     """
     if n < 1:
         raise InputError(f"number of samples must be at least 1; got {n}")
@@ -59,8 +81,8 @@ def sample(
 def sample_classes(
     model: DCGMM,
     labels,
-    top_s: int | None = 1,
-    noise: float = 0.0,
+    top_s: int | None = DEFAULT_CLASS_TOP_S,
+    noise: float = DEFAULT_NOISE,
     sharpening: Sharpening | None = None,
     generator: torch.Generator | None = None,
     batch_size: int = 500,
