@@ -10,7 +10,7 @@ from dcgmm import DCGMM, PRESETS, InputError, TrainConfig, Trainer, load_model, 
 from dcgmm.cli import main
 from dcgmm.inpainting import occlude
 from dcgmm.outliers import (STD_FLOOR, RunningMoments, fit_statistics, image_scores, is_inlier, outlier_curve,
-                            outlier_maps, pixel_map, position_mask, zscores)
+                            outlier_maps, pixel_map, position_mask, translate, zscores)
 
 from tolerance import sum_rtol, variance_atol
 
@@ -203,3 +203,29 @@ def test_cli_stats_score_outliers_inpaint(trained, digits, tmp_path, capsys):
     assert main(["inpaint", "--model", str(run), "--npy", str(tmp_path / "wrong.npy"), "--out", str(tmp_path / "bad"), "--quiet"]) == 2
     assert "shape (N, 8, 8, 1)" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # nothing half-written
+
+
+def test_scores_over_shifted_images(trained):
+    model, train = trained
+    images = train[:40].copy()
+    images[:, 0] = images[:, -1] = images[:, :, 0] = images[:, :, -1] = 0.0  # empty borders: a shift back is exact
+    plain = image_scores(model, images)
+    np.testing.assert_array_equal(image_scores(model, images, shifts=0), plain)
+    best = image_scores(model, images, shifts=1)
+    assert best.shape == (40,) and np.isfinite(best).all()
+    assert (best >= plain - 1e-6).all()  # the unshifted image is one of the 9 candidates
+    moved = translate(torch.from_numpy(images), 1, -1).numpy()  # one pixel down and left
+    recovered = image_scores(model, moved, shifts=1)
+    # moving it back is one of the candidates; float32 log p of other batch compositions may differ by
+    # sum_rtol(2D + 1) |log p| (D = 81 at the top), which in z units stays below 1e-3 here
+    assert (recovered >= plain - 1e-3).all()
+    np.testing.assert_allclose(image_scores(model, images, batch_size=7, shifts=1), best, rtol=0, atol=1e-3)
+    with pytest.raises(InputError, match="shifts must be >= 0"):
+        image_scores(model, images, shifts=-1)
+
+
+def test_translate_moves_pixels_and_fills_zeros():
+    x = torch.arange(9.0).reshape(1, 3, 3, 1)
+    down_right = translate(x, 1, 1)[0, :, :, 0]
+    torch.testing.assert_close(down_right, torch.tensor([[0.0, 0, 0], [0, 0, 1], [0, 3, 4]]))
+    torch.testing.assert_close(translate(translate(x, 0, -1), 0, 1)[0, :, 1:, 0], x[0, :, 1:, 0])  # column 0 was lost

@@ -29,7 +29,7 @@ from .errors import DCGMMError, InputError, TrainingDiverged
 from .experiments import ExperimentConfig
 from .inpainting import inpaint, occlude
 from .model import DCGMM, ModelConfig
-from .outliers import fit_statistics
+from .outliers import fit_statistics, image_scores
 from .pipeline import Images, layer_report, npy_bytes, report_lines, train_run
 from .plots import PICTURE_SUFFIXES
 from .runs import clear_run, lock_run, remove_stale_temporaries, writable_file, writable_folder
@@ -324,7 +324,7 @@ def _scored_images(args, prefix: str):
 
 
 def cmd_outliers(args) -> int:
-    from .outliers import image_scores, outlier_curve, require_statistics
+    from .outliers import outlier_curve, require_statistics
     from .plots import plot_outlier_curves
 
     model = _load_model_for(args)
@@ -332,8 +332,8 @@ def cmd_outliers(args) -> int:
     inliers, inlier_text = _scored_images(args, "inliers")
     outliers, outlier_text = _scored_images(args, "outliers")
     out = writable_folder(args.out, "--out")
-    scores_in = image_scores(model, inliers, args.batch_size)
-    scores_out = image_scores(model, outliers, args.batch_size)
+    scores_in = image_scores(model, inliers, args.batch_size, shifts=args.shifts)
+    scores_out = image_scores(model, outliers, args.batch_size, shifts=args.shifts)
     curve = outlier_curve(scores_in, scores_out)
     report = {"model": str(args.model), "spec": model.spec, "statistics": model.statistics.source,
               "inliers": inlier_text, "outliers": outlier_text, **curve}
@@ -351,7 +351,7 @@ def cmd_outliers(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .outliers import image_scores, is_inlier
+    from .outliers import is_inlier
 
     model = _load_model_for(args)
     images = load_npy(args.npy)
@@ -360,7 +360,7 @@ def cmd_score(args) -> int:
         scores = model.log_likelihoods(images, args.batch_size)[-1].per_image
         what = "top-layer log-likelihood (nats)"
     else:
-        scores = image_scores(model, images, args.batch_size)
+        scores = image_scores(model, images, args.batch_size, shifts=args.shifts)
         what = "standardised top-layer log-likelihood z"
     atomic_write_bytes(Path(args.out), npy_bytes(scores.astype(np.float64)))
     print(f"{len(scores)} scores ({what}; higher = more typical) -> {args.out}")
@@ -587,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_batch_size(p)
     _add_device(p)
     p.add_argument("--out", required=True, help="folder for outliers.json, outliers.png and scores.npz")
+    p.add_argument("--shifts", type=_integer, default=_default(image_scores, "shifts"), help="best score over the image moved by up to this many pixels (cost: (2s+1)^2 times; default: %(default)s)")
     p.set_defaults(func=cmd_outliers)
 
     p = sub.add_parser("score", help="per-image typicality scores", description="Standardised top-layer log-likelihood of every image (higher = more typical); an image is an outlier at c iff its score < -c (Eq. 6).")
@@ -595,6 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="scores as a (N,) float64 .npy")
     p.add_argument("--raw", action="store_true", help="write the top layer's log-likelihood in nats instead (needs no statistics)")
     p.add_argument("--c", type=_finite, default=0.0, help="report how many images are outliers at this c (default: %(default)s)")
+    p.add_argument("--shifts", type=_integer, default=_default(image_scores, "shifts"), help="best score over the image moved by up to this many pixels (cost: (2s+1)^2 times; default: %(default)s)")
     _add_batch_size(p)
     _add_device(p)
     p.set_defaults(func=cmd_score)

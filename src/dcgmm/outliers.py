@@ -180,14 +180,35 @@ def zscores(model: DCGMM, images, batch_size: int = 500) -> dict[int, np.ndarray
     return {i: np.concatenate(chunks) for i, chunks in out.items()}
 
 
-def image_scores(model: DCGMM, images, batch_size: int = 500) -> np.ndarray:
+def image_scores(model: DCGMM, images, batch_size: int = 500, shifts: int = 0) -> np.ndarray:
     """Per-image score, shape (N,): the top GMM layer's z (the smallest over its positions if it has several).
 
     Higher is more typical; an image is an inlier for a given c iff its score is >= -c (Eq. 6).
+
+    ``shifts`` (beyond the paper): the best score over the image translated by up to ``shifts`` pixels in
+    each direction (zeros moved in), so a digit a pixel off its usual place is not taken for an outlier. On
+    MNIST 0-4 vs 5-9 with 2L-c, ``shifts=1`` (9 translations, 9x the cost) raised the AUROC from 0.865 to
+    0.880; ``shifts=2`` gave 0.873 (docs/outliers.md).
     """
     stats = require_statistics(model)
-    top = zscores(model, images, batch_size)[stats.top]
-    return top.reshape(len(top), -1).min(axis=1)
+    if shifts < 0:
+        raise InputError(f"shifts must be >= 0; got {shifts}")
+    if shifts == 0:
+        top = zscores(model, images, batch_size)[stats.top]
+        return top.reshape(len(top), -1).min(axis=1)
+    out = []
+    for x in model.batches(images, batch_size):
+        scores = [image_scores(model, translate(x, dy, dx), batch_size) for dy in range(-shifts, shifts + 1) for dx in range(-shifts, shifts + 1)]
+        out.append(np.max(scores, axis=0))
+    return np.concatenate(out)
+
+
+def translate(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``images`` (N, H, W, C) moved ``dy`` pixels down and ``dx`` right; the pixels moved in are 0."""
+    out = torch.zeros_like(images)
+    h, w = images.shape[1:3]
+    out[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = images[:, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]
+    return out
 
 
 def is_inlier(scores: np.ndarray, c: float) -> np.ndarray:
