@@ -20,33 +20,12 @@ import numpy as np
 import torch
 
 from dcgmm import DCGMM, TrainConfig, Trainer, load_dataset
-from dcgmm.layers import GMM
 
-
-class NaiveGMM(GMM):
-    """The plain way: the log joint from x^2 tau - 2 x tau mu + tau mu^2 by matrix products, the plain
-    max-component loss, gradients by autograd (the annealing kernel is ignored)."""
-
-    def training_step(self, x, kernel):
-        flat = self._flat(x.detach())  # [P, D]
-        params = [p.detach().requires_grad_() for p in (self.weight_logits, self.centroids, self.precision_raw)]
-        weight_logits, centroids, precision_raw = params
-        with torch.enable_grad():
-            log_tau = self.log_precision_max - torch.nn.functional.softplus(precision_raw)  # [K, D]
-            tau = torch.exp(log_tau)
-            squared = (flat * flat) @ tau.t() - 2 * flat @ (tau * centroids).t() + (tau * centroids * centroids).sum(1)
-            norm = 0.5 * (log_tau.sum(1) - flat.shape[1] * math.log(2 * math.pi))
-            log_joint = torch.log_softmax(weight_logits, 0) + norm - 0.5 * squared  # [P, K]
-            loss = -log_joint.max(dim=1).values.mean()
-            grads = torch.autograd.grad(loss, params)
-        output = torch.softmax(log_joint.detach(), dim=-1).reshape(*x.shape[:3], self.n_components)
-        return -loss.detach(), output, grads
+from naive import MatmulGMM, make_naive
 
 
 def naive_seconds_per_epoch(images, epochs: int) -> float:
-    model = DCGMM.from_spec("2L-c")
-    for _, layer in model.gmm_layers():
-        layer.__class__ = NaiveGMM
+    model = make_naive(DCGMM.from_spec("2L-c"), MatmulGMM)
     history = Trainer(model, TrainConfig(epochs=epochs), images).fit(progress=False)
     return sum(r.seconds for r in history) / len(history)
 

@@ -12,7 +12,6 @@ Usage: python benchmarks/throughput.py [--steps 20] [--plot docs/img/scaling.png
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -23,34 +22,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from dcgmm import DCGMM, PRESETS, TrainConfig, Trainer  # noqa: E402
-from dcgmm.layers import GMM  # noqa: E402
-
-
-class NaiveGMM(GMM):
-    """Reference: the log joint by broadcasting (x - mu)^2, gradients by autograd through it."""
-
-    def training_step(self, x, kernel):
-        flat = self._flat(x.detach())  # [P, D]
-        params = [p.detach().requires_grad_() for p in (self.weight_logits, self.centroids, self.precision_raw)]
-        weight_logits, centroids, precision_raw = params
-        with torch.enable_grad():
-            log_tau = self.log_precision_max - torch.nn.functional.softplus(precision_raw)  # [K, D]
-            squared = ((flat[:, None, :] - centroids[None]) ** 2 * torch.exp(log_tau)[None]).sum(-1)  # [P, K]
-            norm = 0.5 * (log_tau.sum(1) - flat.shape[1] * math.log(2 * math.pi))
-            log_joint = torch.log_softmax(weight_logits, 0) + norm - 0.5 * squared
-            smoothed = log_joint if kernel is None else log_joint @ kernel.t()
-            loss = -smoothed.max(dim=1).values.mean()
-            grads = torch.autograd.grad(loss, params)
-        output = torch.softmax(log_joint.detach(), dim=-1).reshape(*x.shape[:3], self.n_components)
-        return -loss.detach(), output, grads
+from naive import BroadcastGMM, make_naive  # noqa: E402
 
 
 def seconds_per_step(spec: str, shape=(28, 28, 1), batch: int = 100, steps: int = 20, naive: bool = False) -> float:
     images = torch.rand(batch * (steps + 3), *shape)
     model = DCGMM.from_spec(spec, input_shape=shape)
     if naive:
-        for _, layer in model.gmm_layers():
-            layer.__class__ = NaiveGMM
+        make_naive(model, BroadcastGMM)
     trainer = Trainer(model, TrainConfig(epochs=1, batch_size=batch), images)
     torch.set_flush_denormal(True)
     for b in range(3):  # warm-up

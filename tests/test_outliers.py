@@ -220,8 +220,9 @@ def test_scores_over_shifted_images(trained):
     # sum_rtol(2D + 1) |log p| (D = 81 at the top), which in z units stays below 1e-3 here
     assert (recovered >= plain - 1e-3).all()
     np.testing.assert_allclose(image_scores(model, images, batch_size=7, shifts=1), best, rtol=0, atol=1e-3)
-    with pytest.raises(InputError, match="shifts must be >= 0"):
-        image_scores(model, images, shifts=-1)
+    for bad in (-1, 8):
+        with pytest.raises(InputError, match=r"shifts must lie in 0\.\.7 for 8x8 images"):
+            image_scores(model, images, shifts=bad)
 
 
 def test_translate_moves_pixels_and_fills_zeros():

@@ -191,8 +191,9 @@ def image_scores(model: DCGMM, images, batch_size: int = 500, shifts: int = 0) -
     0.880; ``shifts=2`` gave 0.873 (docs/outliers.md).
     """
     stats = require_statistics(model)
-    if shifts < 0:
-        raise InputError(f"shifts must be >= 0; got {shifts}")
+    h, w = model.input_shape[:2]
+    if not 0 <= shifts < min(h, w):
+        raise InputError(f"shifts must lie in 0..{min(h, w) - 1} for {h}x{w} images (it costs (2 shifts + 1)^2 scorings); got {shifts}")
     if shifts == 0:
         top = zscores(model, images, batch_size)[stats.top]
         return top.reshape(len(top), -1).min(axis=1)
