@@ -31,13 +31,13 @@ def test_inpainting_keeps_known_pixels_and_beats_the_damage(trained, digits):
     assert np.array_equal(given.images[~masks], damaged[~masks])  # x1 is clamped
     err = lambda x: ((x - clean) ** 2)[..., 0][masks].mean()
     assert err(given.images) < 0.5 * err(damaged)
-    auto = inpaint(model, damaged, c=1.0)
-    assert np.array_equal(auto.images[~auto.masks], damaged[~auto.masks])
-    assert auto.position_masks[1].shape == (100, 3, 3)
-    precision = (auto.masks & masks).sum() / auto.masks.sum()
-    assert precision > 1.5 * masks.mean()  # the located pixels are damaged more often than pixels at random
+    for auto in (inpaint(model, damaged), inpaint(model, damaged, locate="outliers", c=1.0)):
+        assert np.array_equal(auto.images[~auto.masks], damaged[~auto.masks])
+        assert auto.position_masks[1].shape == (100, 3, 3)
+        precision = (auto.masks & masks).sum() / auto.masks.sum()
+        assert precision > 1.5 * masks.mean()  # the located pixels are damaged more often than pixels at random
     # nothing is an outlier for a huge c: the image comes back unchanged
-    assert np.array_equal(inpaint(model, damaged, c=1e9).images, damaged)
+    assert np.array_equal(inpaint(model, damaged, locate="outliers", c=1e9).images, damaged)
 
 
 def test_inpainting_and_scoring_reject_bad_input(trained):
@@ -57,7 +57,10 @@ def test_inpainting_and_scoring_reject_bad_input(trained):
     single = DCGMM.from_spec("F(8,8,1,1) G(5)", input_shape=(8, 8, 1))
     fit_statistics(single, train[:50])
     with pytest.raises(InputError, match="single GMM layer"):
-        inpaint(single, train[:4])
+        inpaint(single, train[:4], locate="outliers")
+    assert inpaint(single, train[:4]).images.shape == (4, 8, 8, 1)  # the calibrated search needs no lower layer
+    with pytest.raises(InputError, match="locate must be"):
+        inpaint(model, train[:4], locate="median")
 
 
 def test_conditional_mean_of_a_flat_gmm_equals_the_closed_form():

@@ -385,13 +385,13 @@ def cmd_inpaint(args) -> int:
     result = inpaint(
         model, damaged, mask=mask, c=args.c, coverage=args.coverage, top_s=None if args.S == 0 else args.S,
         marginalize=args.marginalize, sharpening=_sharpening(args), generator=_generator(args, device), progress=not args.quiet,
-        fill=args.fill,
+        fill=args.fill, locate=args.locate,
     )
     seconds = time.perf_counter() - start
     atomic_write_bytes(out / "inpainted.npy", npy_bytes(result.images))
     atomic_write_bytes(out / "replaced.npy", npy_bytes(result.masks))
-    fill = args.fill or ("mean" if mask is not None else "sample")
-    how = ("given mask" if mask is not None else f"located by the model, c={args.c:g}") + f", {fill} fill"
+    located = "the calibrated search" if args.locate == "evidence" else f"Eq. 6, c={args.c:g}"
+    how = ("given mask" if mask is not None else f"located by the model ({located})") + f", {args.fill} fill"
     plot_inpainting(damaged, result.masks, result.images, out / "inpainting.png", clean=clean, title=f"{model.spec}: in-painting, damage {how}")
     print(f"{len(damaged)} images in-painted in {seconds:.1f} s ({how}); {result.masks.mean():.1%} of pixels replaced")
     if clean is not None:
@@ -606,9 +606,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(sharpen=_default(inpaint, "sharpening") is not None)
     p.add_argument("--npy", required=True, help="damaged images, (N, H, W) or (N, H, W, C) .npy")
     p.add_argument("--mask", help="optional .npy of booleans (N, H, W) or (H, W): the damaged pixels; default: found by the model")
-    p.add_argument("--c", type=_finite, default=_default(inpaint, "c"), help="c of Eq. 6 for the outlier maps; larger replaces less (default: %(default)s)")
-    p.add_argument("--coverage", type=_finite, default=_default(inpaint, "coverage"), help="replace a pixel when this fraction of the windows over it are outliers (default: %(default)s)")
-    p.add_argument("--fill", choices=["mean", "sample"], default=_default(inpaint, "fill"), help="mean: the conditional mean of the damaged pixels given the rest; sample: one draw, the paper's Eq. 10 (default: mean with --mask, sample when the model locates the damage: the better of the two in each case)")
+    p.add_argument("--locate", choices=["evidence", "outliers"], default=_default(inpaint, "locate"), help="how the model finds the damage without --mask: evidence = pixels improbable under the top layer's prediction, threshold calibrated on clean training images; outliers = the paper's Eq. 6 maps with --c and --coverage (default: %(default)s)")
+    p.add_argument("--c", type=_finite, default=_default(inpaint, "c"), help="with --locate outliers: c of Eq. 6; larger replaces less (default: %(default)s)")
+    p.add_argument("--coverage", type=_finite, default=_default(inpaint, "coverage"), help="with --locate outliers: replace a pixel when this fraction of the windows over it are outliers (default: %(default)s)")
+    p.add_argument("--fill", choices=["mean", "sample"], default=_default(inpaint, "fill"), help="mean: the conditional mean of the damaged pixels given the rest; sample: one draw, the paper's Eq. 10 (default: %(default)s, the better of the two)")
     p.add_argument("--marginalize", action=argparse.BooleanOptionalAction, default=_default(inpaint, "marginalize"), help="compute responsibilities with the replaced pixels marginalised out (default: on)")
     p.add_argument("--clean", help="optional .npy of the undamaged images: report the error and show them")
     p.add_argument("--out", required=True, help="folder for inpainted.npy, replaced.npy, inpainting.png")

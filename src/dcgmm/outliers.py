@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .damage import DamageCalibration, calibrate, can_locate
 from .errors import InputError
 from .model import DCGMM
 from .progress import progress_bar
@@ -107,6 +108,8 @@ class OutlierStatistics:
     layers: dict[int, LayerStatistics]
     source: str = ""
     """What data the statistics describe, e.g. ``mnist train classes 0-4``."""
+    damage: DamageCalibration | None = None
+    """The damage search's threshold, calibrated on the same images (:func:`dcgmm.damage.calibrate`)."""
 
     @property
     def top(self) -> int:
@@ -119,6 +122,8 @@ class OutlierStatistics:
             tensors[f"statistics.{index}.mean"] = torch.from_numpy(np.ascontiguousarray(stats.mean))
             tensors[f"statistics.{index}.variance"] = torch.from_numpy(np.ascontiguousarray(stats.variance))
         meta = {"source": self.source, "counts": {str(i): s.count for i, s in self.layers.items()}}
+        if self.damage is not None:
+            meta["damage"] = self.damage.to_dict()
         return tensors, meta
 
     @classmethod
@@ -129,7 +134,8 @@ class OutlierStatistics:
             )
             for i, count in meta["counts"].items()
         }
-        return cls(layers, meta.get("source", ""))
+        damage = DamageCalibration.from_dict(meta["damage"]) if "damage" in meta else None
+        return cls(layers, meta.get("source", ""), damage)
 
 
 # ---------------------------------------------------------------------------------------------- fitting
@@ -142,6 +148,9 @@ def fit_statistics(model: DCGMM, images, batch_size: int = 500, source: str = ""
         time, so a memory-mapped array larger than RAM works.
     source : a note on what the images are, stored with the statistics.
 
+    Also calibrates the damage search of in-painting on the first images (:func:`dcgmm.damage.calibrate`)
+    where the model allows one.
+
     Returns
     -------
     The statistics; also stored as ``model.statistics`` (and saved with the model by ``save_model``).
@@ -152,8 +161,9 @@ def fit_statistics(model: DCGMM, images, batch_size: int = 500, source: str = ""
     for x in batches:
         for i, log_p in model.estimate(x)[1].items():
             moments[i].update(log_p.cpu().numpy())
+    damage = calibrate(model, images, batch_size=batch_size) if can_locate(model) else None
     stats = OutlierStatistics(
-        {i: LayerStatistics(i, m.count, m.mean, m.variance) for i, m in moments.items()}, source
+        {i: LayerStatistics(i, m.count, m.mean, m.variance) for i, m in moments.items()}, source, damage
     )
     model.statistics = stats
     return stats

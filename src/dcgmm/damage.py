@@ -1,0 +1,200 @@
+"""Finding damaged pixels: the top layer says *what* the image should be, the lowest layer *where* it is not.
+
+Beyond the paper. Its Eq. 6 flags a position of a lower GMM layer when that layer's own log-likelihood is
+low; but a lower layer explains almost any small patch, a constant grey one included (2L-c on MNIST: IoU 0.18
+with grey squares). Here the evidence at a pixel is how probable its value is under the *prediction from
+above*:
+
+1. The top GMM layer's posterior over its components, given the image, is carried down in expectation to
+   the lowest GMM layer: at every position a prior over that layer's components (what the top layer expects
+   there).
+2. Each pixel is scored by ``log sum_k prior_k N(x_d; mu_kd, sigma_kd^2)`` — the one-dimensional marginal of
+   the mixture at the pixel's place ``d`` in the window — averaged over all windows that cover it
+   (:func:`pixel_evidence`, nats).
+3. Pixels whose evidence is below a threshold are candidates; a morphological closing (3x3) fills the holes
+   that noise leaves, and an opening with a ``min_size`` x ``min_size`` square keeps only areas at least that
+   wide, so the thin strokes where a digit departs from the top layer's prototype drop out
+   (:func:`locate_damage`).
+
+The threshold is calibrated on the model's own clean training images (:func:`calibrate`, run by
+:func:`dcgmm.outliers.fit_statistics`): the largest threshold at which at most ``false_alarm`` of clean images
+get any pixel flagged. It is saved with the outlier statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.nn import functional as F
+
+from .errors import InputError
+
+DEFAULT_FALSE_ALARM = 0.1
+"""Fraction of clean training images allowed to have any pixel flagged (benchmarks/inpainting.py)."""
+CLOSING = 3
+"""Side of the square that closes holes in the candidate pixels before the opening."""
+CALIBRATION_IMAGES = 2000
+"""At most this many training images calibrate the threshold."""
+_ELEMENTS = 2**24
+"""Bound on the (windows x components x dimensions) elements :func:`pixel_evidence` holds at a time."""
+
+
+@dataclass
+class DamageCalibration:
+    """The damage search's settings, calibrated on clean images (:func:`calibrate`)."""
+
+    threshold: float
+    """Pixels with evidence (nats) below this are candidates."""
+    min_size: int
+    """Side in pixels of the smallest square area reported as damage (odd)."""
+    false_alarm: float
+    """The fraction of clean images allowed to get a flagged pixel."""
+    measured: float
+    """The fraction of the calibration images that got one at ``threshold``."""
+    count: int
+    """Number of calibration images."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DamageCalibration":
+        return cls(float(values["threshold"]), int(values["min_size"]), float(values["false_alarm"]),
+                   float(values["measured"]), int(values["count"]))
+
+
+def default_min_size(model) -> int:
+    """A third of the image's shorter side, made odd, at least 3 (9 for 28x28 images)."""
+    side = max(3, round(min(model.input_shape[:2]) / 3))
+    return side if side % 2 else side + 1
+
+
+def can_locate(model) -> bool:
+    """Whether the lowest GMM layer sees the pixels through Folding layers only, as the search needs."""
+    low = min(i for i, _ in model.gmm_layers())
+    return all(model.layers[i].is_linear for i in range(low))
+
+
+def _lowest_gmm(model) -> int:
+    low = min(i for i, _ in model.gmm_layers())
+    if not can_locate(model):
+        raise InputError(
+            f"{model.spec}: the damage search needs the lowest GMM layer to see the pixels through Folding layers only; "
+            "pass a mask instead"
+        )
+    return low
+
+
+@torch.no_grad()
+def pixel_evidence(model, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-probability (nats) of every pixel under the prediction from the top layer; see the module docstring.
+
+    ``x``: images (N, H, W, C) on the model's device; ``missing``: optional bool (N, H, W) of pixels to leave
+    out of the top layer's posterior. Returns (N, H, W): the mean over channels and over the lowest GMM
+    layer's windows that cover the pixel (0 where no window does).
+    """
+    layers, top, low = model.layers, model.top_gmm, _lowest_gmm(model)
+    if missing is None:
+        outputs, _ = model.estimate(x)
+    else:
+        outputs, _ = model.estimate_known(x, missing)
+    control = outputs[top]
+    for index in range(top, low, -1):  # the top layer's expectation, carried down to the lowest GMM layer
+        control = layers[index].expected(control) if layers[index].is_mixture else layers[index].sample(control)
+    prior = control.clamp_min(0)
+    log_prior = torch.log((prior / prior.sum(-1, keepdim=True).clamp_min(1e-30)).clamp_min(1e-30))  # [N, H', W', K]
+    h = x
+    for index in range(low):
+        h = layers[index](h)  # [N, H', W', D]
+    gmm = layers[low]
+    log_tau, mu = gmm.log_precisions, gmm.centroids  # [K, D]
+    half_log_norm = 0.5 * (log_tau - math.log(2 * math.pi))
+    tau = torch.exp(log_tau)
+    flat_h, flat_prior = h.reshape(-1, h.shape[-1]), log_prior.reshape(-1, log_prior.shape[-1])
+    step = max(1, _ELEMENTS // (mu.numel()))
+    per_dim = torch.cat([
+        torch.logsumexp(flat_prior[i : i + step, :, None] + half_log_norm - 0.5 * tau * (flat_h[i : i + step, None, :] - mu) ** 2, dim=1)
+        for i in range(0, len(flat_h), step)
+    ]).reshape(h.shape)  # [N, H', W', D]
+    for index in range(low - 1, -1, -1):
+        per_dim = layers[index].sample(per_dim)  # Folding: every window back, overlaps averaged
+    return per_dim.mean(-1)
+
+
+def _dilate(mask: torch.Tensor, size: int, outside: bool = False) -> torch.Tensor:
+    """Max over a size x size square; pixels outside the image count as ``outside``."""
+    padded = F.pad(mask[:, None].to(torch.float32), (size // 2,) * 4, value=float(outside))
+    return F.max_pool2d(padded, size, 1)[:, 0] > 0.5
+
+
+def _erode(mask: torch.Tensor, size: int, outside: bool) -> torch.Tensor:
+    return ~_dilate(~mask, size, outside=not outside)
+
+
+def clean_up(candidates: torch.Tensor, min_size: int) -> torch.Tensor:
+    """Close 3x3 holes, then keep only areas a ``min_size`` x ``min_size`` square fits in (opening).
+
+    The closing does not shrink areas at the image's edge (outside counts as candidate there); the opening
+    keeps an area at the edge only if the square fits inside the image. ``candidates``: bool (N, H, W) ->
+    bool (N, H, W). ``min_size`` must be odd.
+    """
+    closed = _erode(_dilate(candidates, CLOSING), CLOSING, outside=True)
+    return _dilate(_erode(closed, min_size, outside=False), min_size)
+
+
+def locate_damage(model, x: torch.Tensor, calibration: DamageCalibration, evidence: torch.Tensor | None = None) -> torch.Tensor:
+    """Damaged pixels of images ``x`` (N, H, W, C): bool (N, H, W). See the module docstring."""
+    evidence = pixel_evidence(model, x) if evidence is None else evidence
+    return clean_up(evidence < calibration.threshold, calibration.min_size)
+
+
+def _flagged_images(evidence: torch.Tensor, threshold: float, min_size: int) -> float:
+    return float(clean_up(evidence < threshold, min_size).flatten(1).any(1).to(torch.float64).mean())
+
+
+@torch.no_grad()
+def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size: int | None = None,
+              batch_size: int = 500) -> DamageCalibration:
+    """The largest evidence threshold at which at most ``false_alarm`` of the clean ``images`` (N, H, W, C)
+    get any pixel flagged by :func:`locate_damage`; the first :data:`CALIBRATION_IMAGES` images are used.
+
+    Candidate thresholds are the evidence quantiles 0.001, 0.002, ... 0.5 of the clean pixels; the flagged
+    fraction only grows with the threshold, so a bisection over them finds the largest admissible one.
+    """
+    if not 0 <= false_alarm < 1:
+        raise InputError(f"false_alarm must lie in [0, 1); got {false_alarm}")
+    min_size = default_min_size(model) if min_size is None else int(min_size)
+    if min_size < 1 or min_size % 2 == 0:
+        raise InputError(f"min_size must be an odd number of pixels; got {min_size}")
+    evidence, count = [], 0
+    for x in model.batches(images, batch_size):
+        evidence.append(pixel_evidence(model, x[: CALIBRATION_IMAGES - count]).cpu())
+        count += len(evidence[-1])
+        if count >= CALIBRATION_IMAGES:
+            break
+    evidence = torch.cat(evidence)
+    levels = torch.arange(1, 501, dtype=torch.float64) / 1000
+    sample = evidence.flatten()[:: max(1, evidence.numel() // 1_000_000)].to(torch.float64)
+    thresholds = torch.quantile(sample, levels).tolist()
+    low, high = -1, len(thresholds)  # thresholds[low] admissible (-1: none), thresholds[high] not
+    while high - low > 1:
+        mid = (low + high) // 2
+        if _flagged_images(evidence, thresholds[mid], min_size) <= false_alarm:
+            low = mid
+        else:
+            high = mid
+    threshold = thresholds[low] if low >= 0 else -math.inf
+    measured = _flagged_images(evidence, threshold, min_size) if low >= 0 else 0.0
+    return DamageCalibration(float(threshold), min_size, float(false_alarm), measured, len(evidence))
+
+
+def check_calibration(calibration: DamageCalibration | None) -> DamageCalibration:
+    """The calibration, or a clear error when a model's statistics predate it."""
+    if calibration is None:
+        raise InputError(
+            "this model's outlier statistics carry no damage calibration (they were computed by an older dcgmm): "
+            "recompute them with `dcgmm stats --model RUN --dataset ...`, or pass a mask"
+        )
+    return calibration
