@@ -13,8 +13,9 @@ above*:
    (:func:`pixel_evidence`, nats).
 3. Pixels whose evidence is below a threshold are candidates; a morphological closing (3x3) fills the holes
    that noise leaves, and an opening with a ``min_size`` x ``min_size`` square keeps only areas at least that
-   wide, so the thin strokes where a digit departs from the top layer's prototype drop out
-   (:func:`locate_damage`).
+   wide, so the thin strokes where a digit departs from the top layer's prototype drop out.
+4. Repair, compare, re-locate: the area found is left out of the top layer's posterior, steps 1-3 run again
+   on that cleaner prediction, and a pixel is damaged where both rounds agree (:func:`locate_damage`).
 
 The threshold is calibrated on the model's own clean training images (:func:`calibrate`, run by
 :func:`dcgmm.outliers.fit_statistics`): the largest threshold at which at most ``false_alarm`` of clean images
@@ -144,14 +145,32 @@ def clean_up(candidates: torch.Tensor, min_size: int) -> torch.Tensor:
     return _dilate(_erode(closed, min_size, outside=False), min_size)
 
 
+@torch.no_grad()
 def locate_damage(model, x: torch.Tensor, calibration: DamageCalibration, evidence: torch.Tensor | None = None) -> torch.Tensor:
-    """Damaged pixels of images ``x`` (N, H, W, C): bool (N, H, W). See the module docstring."""
+    """Damaged pixels of images ``x`` (N, H, W, C): bool (N, H, W). See the module docstring.
+
+    Two rounds: the pixels found in the first are left out of the top layer's posterior, the evidence is
+    computed again from that cleaner prediction, and a pixel is damaged if both rounds say so.
+    ``evidence``: the first round's :func:`pixel_evidence` of ``x``, if already computed.
+    """
     evidence = pixel_evidence(model, x) if evidence is None else evidence
-    return clean_up(evidence < calibration.threshold, calibration.min_size)
+    first = clean_up(evidence < calibration.threshold, calibration.min_size)
+    found = first.flatten(1).any(1)
+    if found.any():
+        again = pixel_evidence(model, x[found], missing=first[found])
+        first[found] &= clean_up(again < calibration.threshold, calibration.min_size)
+    return first
 
 
-def _flagged_images(evidence: torch.Tensor, threshold: float, min_size: int) -> float:
-    return float(clean_up(evidence < threshold, min_size).flatten(1).any(1).to(torch.float64).mean())
+def _flagged_images(model, images: torch.Tensor, evidence: torch.Tensor, threshold: float, min_size: int,
+                    batch_size: int) -> float:
+    calibration = DamageCalibration(threshold, min_size, 0.0, 0.0, 0)
+    flagged = 0
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(model.device)
+        e = evidence[start : start + batch_size].to(model.device)
+        flagged += int(locate_damage(model, x, calibration, e).flatten(1).any(1).sum())
+    return flagged / len(images)
 
 
 @torch.no_grad()
@@ -160,33 +179,36 @@ def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size:
     """The largest evidence threshold at which at most ``false_alarm`` of the clean ``images`` (N, H, W, C)
     get any pixel flagged by :func:`locate_damage`; the first :data:`CALIBRATION_IMAGES` images are used.
 
-    Candidate thresholds are the evidence quantiles 0.001, 0.002, ... 0.5 of the clean pixels; the flagged
-    fraction only grows with the threshold, so a bisection over them finds the largest admissible one.
+    Candidate thresholds are the evidence quantiles 0.001, 0.002, ... 0.5 of the clean pixels; a bisection
+    over them finds the largest admissible one (the flagged fraction grows with the threshold; the second
+    round makes that nearly, not strictly, so).
     """
     if not 0 <= false_alarm < 1:
         raise InputError(f"false_alarm must lie in [0, 1); got {false_alarm}")
     min_size = default_min_size(model) if min_size is None else int(min_size)
     if min_size < 1 or min_size % 2 == 0:
         raise InputError(f"min_size must be an odd number of pixels; got {min_size}")
-    evidence, count = [], 0
+    kept, evidence, count = [], [], 0
     for x in model.batches(images, batch_size):
-        evidence.append(pixel_evidence(model, x[: CALIBRATION_IMAGES - count]).cpu())
-        count += len(evidence[-1])
+        kept.append(x[: CALIBRATION_IMAGES - count])
+        evidence.append(pixel_evidence(model, kept[-1]))
+        count += len(kept[-1])
         if count >= CALIBRATION_IMAGES:
             break
-    evidence = torch.cat(evidence)
+    clean, evidence = torch.cat(kept), torch.cat(evidence)
+    flagged = lambda threshold: _flagged_images(model, clean, evidence, threshold, min_size, batch_size)
     levels = torch.arange(1, 501, dtype=torch.float64) / 1000
     sample = evidence.flatten()[:: max(1, evidence.numel() // 1_000_000)].to(torch.float64)
     thresholds = torch.quantile(sample, levels).tolist()
     low, high = -1, len(thresholds)  # thresholds[low] admissible (-1: none), thresholds[high] not
     while high - low > 1:
         mid = (low + high) // 2
-        if _flagged_images(evidence, thresholds[mid], min_size) <= false_alarm:
+        if flagged(thresholds[mid]) <= false_alarm:
             low = mid
         else:
             high = mid
     threshold = thresholds[low] if low >= 0 else -math.inf
-    measured = _flagged_images(evidence, threshold, min_size) if low >= 0 else 0.0
+    measured = flagged(threshold) if low >= 0 else 0.0
     return DamageCalibration(float(threshold), min_size, float(false_alarm), measured, len(evidence))
 
 
