@@ -259,6 +259,22 @@ def test_npz_files(files, tmp_path, capsys, digits):
     assert "an .npz archive of 2 arrays" in error(capsys, "inpaint", "--model", out, "--npy", files["small"], "--mask", two, "--out", tmp_path / "inp")
 
 
+def test_stats_calibrates_the_damage_search_and_inpaint_uses_it(files, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert train(capsys, files, out, data="small", arch=SMALL)[0] == 0
+    status, printed, err = run(capsys, "stats", "--model", out, "--data", files["small"], "--false-alarm", 0.3)
+    assert status == 0, err
+    assert "damage search for in-painting" in printed and "(allowed 30.0%)" in printed
+    damage = load_model(out).statistics.damage
+    assert damage.false_alarm == 0.3 and damage.measured <= 0.3
+    assert "--false-alarm must lie in [0, 1)" in error(capsys, "stats", "--model", out, "--data", files["small"], "--false-alarm", 1)
+    for locate in ("evidence", "outliers"):
+        status, printed, err = run(capsys, "inpaint", "--model", out, "--npy", files["small"], "--out", tmp_path / locate, "--locate", locate)
+        assert status == 0, err
+        assert ("the calibrated search" if locate == "evidence" else "Eq. 6") in printed
+        assert np.load(tmp_path / locate / "replaced.npy").shape[1:] == (8, 8)
+
+
 def test_misleading_data_messages_are_gone(files, tmp_path, capsys):
     out = tmp_path / "r"
     assert train(capsys, files, out)[0] == 0
@@ -378,6 +394,7 @@ def test_cli_defaults_are_the_librarys():
     from dcgmm.cli import DEFAULT_ARCH, build_parser
     from dcgmm.experiments import ExperimentConfig
     from dcgmm.inpainting import inpaint, occlude
+    from dcgmm.outliers import fit_statistics
     from dcgmm.sampling import Sharpening, sample, variants
     from dcgmm.spec import PRESETS
 
@@ -396,8 +413,10 @@ def test_cli_defaults_are_the_librarys():
         assert (args.steps, args.rate) == (Sharpening.steps, Sharpening.rate)
     assert parser.parse_args(["sample", "--model", "m"]).sharpen is (default(sample, "sharpening") is not None)
     inp = parser.parse_args(["inpaint", "--model", "m", "--npy", "t.npy", "--out", "o"])
-    assert (inp.c, inp.coverage, inp.marginalize, inp.sharpen, inp.fill) == (
-        default(inpaint, "c"), default(inpaint, "coverage"), default(inpaint, "marginalize"), False, default(inpaint, "fill"))
+    assert (inp.c, inp.coverage, inp.marginalize, inp.sharpen, inp.fill, inp.locate) == (
+        default(inpaint, "c"), default(inpaint, "coverage"), default(inpaint, "marginalize"), False, default(inpaint, "fill"),
+        default(inpaint, "locate"))
+    assert parser.parse_args(["stats", "--model", "m"]).false_alarm == default(fit_statistics, "false_alarm")
     occ = parser.parse_args(["occlude", "--out", "o"])
     assert (occ.fill, occ.seed) == (default(occlude, "fill"), default(occlude, "seed"))
     exp = parser.parse_args(["experiment", "all"])

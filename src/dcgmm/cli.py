@@ -301,9 +301,15 @@ def cmd_stats(args) -> int:
     model = _load_model_for(args)
     images, _ = _load_images(args, args.split)
     start = time.perf_counter()
-    fit_statistics(model, images, source=_describe(args, args.split), progress=not args.quiet)
+    if not 0 <= args.false_alarm < 1:
+        raise InputError(f"--false-alarm must lie in [0, 1); got {args.false_alarm}")
+    fit_statistics(model, images, source=_describe(args, args.split), progress=not args.quiet, false_alarm=args.false_alarm)
     save_model(model, target)
     print(f"outlier statistics over {_describe(args, args.split)} ({len(images)} images) in {time.perf_counter() - start:.1f} s, saved with the model")
+    damage = model.statistics.damage
+    if damage is not None:
+        print(f"  damage search for in-painting: threshold {damage.threshold:.3f} nats, areas of at least {damage.min_size} px; "
+              f"{damage.measured:.1%} of {damage.count} clean images flagged (allowed {damage.false_alarm:.1%})")
     for index, stats in model.statistics.layers.items():
         print(f"  layer {index} {model.layers[index].spec():<8} positions {stats.mean.shape[0]}x{stats.mean.shape[1]}: "
               f"mean log p {stats.mean.mean():9.2f}, std {np.sqrt(stats.variance).mean():7.2f} (averaged over positions)")
@@ -573,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="run folder (or model file)")
     _add_data_options(p)
     p.add_argument("--split", default="train", choices=["train", "test"], help="default: %(default)s")
+    p.add_argument("--false-alarm", type=_finite, default=_default(fit_statistics, "false_alarm"), help="fraction of the clean images allowed to get a false damage region; calibrates in-painting's damage search (default: %(default)s)")
     _add_quiet(p)
     p.set_defaults(func=cmd_stats)
 

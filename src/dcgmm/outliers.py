@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .damage import DamageCalibration, calibrate, can_locate
+from .damage import DEFAULT_FALSE_ALARM, DamageCalibration, calibrate, can_locate
 from .errors import InputError
 from .model import DCGMM
 from .progress import progress_bar
@@ -139,7 +139,8 @@ class OutlierStatistics:
 
 
 # ---------------------------------------------------------------------------------------------- fitting
-def fit_statistics(model: DCGMM, images, batch_size: int = 500, source: str = "", progress: bool = False) -> OutlierStatistics:
+def fit_statistics(model: DCGMM, images, batch_size: int = 500, source: str = "", progress: bool = False,
+                   false_alarm: float = DEFAULT_FALSE_ALARM) -> OutlierStatistics:
     """Compute the per-position log-likelihood statistics of every GMM layer over ``images`` and attach them.
 
     Parameters
@@ -148,8 +149,8 @@ def fit_statistics(model: DCGMM, images, batch_size: int = 500, source: str = ""
         time, so a memory-mapped array larger than RAM works.
     source : a note on what the images are, stored with the statistics.
 
-    Also calibrates the damage search of in-painting on the first images (:func:`dcgmm.damage.calibrate`)
-    where the model allows one.
+    Also calibrates the damage search of in-painting on the first images (:func:`dcgmm.damage.calibrate`,
+    at most ``false_alarm`` of them flagged) where the model allows one.
 
     Returns
     -------
@@ -161,7 +162,7 @@ def fit_statistics(model: DCGMM, images, batch_size: int = 500, source: str = ""
     for x in batches:
         for i, log_p in model.estimate(x)[1].items():
             moments[i].update(log_p.cpu().numpy())
-    damage = calibrate(model, images, batch_size=batch_size) if can_locate(model) else None
+    damage = calibrate(model, images, false_alarm=false_alarm, batch_size=batch_size) if can_locate(model) else None
     stats = OutlierStatistics(
         {i: LayerStatistics(i, m.count, m.mean, m.variance) for i, m in moments.items()}, source, damage
     )
