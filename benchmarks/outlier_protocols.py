@@ -99,7 +99,7 @@ def main():
                   f"scoring {rows[row]['seconds_score_per_1000']:.2f} s / 1000 images", flush=True)
 
         run = Path(args.runs) / name.replace(" ", "_")
-        start = time.perf_counter()
+        start, trained = time.perf_counter(), None  # None: a model of an earlier run was reused
         if (run / "model.safetensors").exists():
             model = load_model(run)
         else:
@@ -107,7 +107,7 @@ def main():
             Trainer(model, TrainConfig(), train).fit(progress=False)
             fit_statistics(model, train, source=name)
             save_model(model, run)
-        trained = time.perf_counter() - start
+            trained = time.perf_counter() - start
         add(f"dcgmm {args.arch}, default score", lambda x: image_scores(model, x), trained)
         add(f"dcgmm {args.arch}, shifts=1", lambda x: image_scores(model, x, shifts=1), None)
         add("kNN-5 on pixels", standardised(knn_scorer(train), sample, skip_self=True), 0.0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dcgmm import InputError, load_model, save_model
+from dcgmm import DCGMM, InputError, load_model, save_model
 from dcgmm.damage import calibrate, clean_up, default_min_size, locate_damage, pixel_evidence
 from dcgmm.inpainting import inpaint, occlude
 from dcgmm.outliers import fit_statistics
@@ -106,3 +106,12 @@ def test_masks_that_cover_everything_or_nothing(trained):
     assert everything.masks.all() and np.isfinite(everything.images).all()
     # with no pixel known, every image gets the same fill: the model's mean image under its mixing weights
     np.testing.assert_allclose(everything.images, np.broadcast_to(everything.images[:1], images.shape), atol=1e-6)
+
+
+def test_a_model_the_search_cannot_work_on_says_so(digits):
+    images, _ = digits
+    pooled = DCGMM.from_spec("P(2,2) F(4,4,1,1) G(3)", input_shape=(8, 8, 1))
+    fit_statistics(pooled, images[:60])
+    assert pooled.statistics.damage is None
+    with pytest.raises(InputError, match="through Folding layers only"):
+        inpaint(pooled, images[:2])

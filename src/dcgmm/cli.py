@@ -291,6 +291,8 @@ def _load_model_for(args):
 
 
 def cmd_stats(args) -> int:
+    if not 0 <= args.false_alarm < 1:
+        raise InputError(f"--false-alarm must lie in [0, 1); got {args.false_alarm}")
     target = Path(args.model)
     if target.is_file() and target.name == CHECKPOINT_FILE:  # never overwrite a resume checkpoint with a model
         target = target.parent
@@ -301,8 +303,6 @@ def cmd_stats(args) -> int:
     model = _load_model_for(args)
     images, _ = _load_images(args, args.split)
     start = time.perf_counter()
-    if not 0 <= args.false_alarm < 1:
-        raise InputError(f"--false-alarm must lie in [0, 1); got {args.false_alarm}")
     fit_statistics(model, images, source=_describe(args, args.split), progress=not args.quiet, false_alarm=args.false_alarm)
     save_model(model, target)
     print(f"outlier statistics over {_describe(args, args.split)} ({len(images)} images) in {time.perf_counter() - start:.1f} s, saved with the model")

@@ -82,13 +82,12 @@ def can_locate(model) -> bool:
 
 
 def _lowest_gmm(model) -> int:
-    low = min(i for i, _ in model.gmm_layers())
     if not can_locate(model):
         raise InputError(
             f"{model.spec}: the damage search needs the lowest GMM layer to see the pixels through Folding layers only; "
-            "pass a mask instead"
+            "pass a mask, or locate='outliers' (--locate outliers)"
         )
-    return low
+    return min(i for i, _ in model.gmm_layers())
 
 
 @torch.no_grad()
@@ -215,8 +214,9 @@ def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size:
     return DamageCalibration(float(threshold), min_size, float(false_alarm), measured, len(evidence))
 
 
-def check_calibration(calibration: DamageCalibration | None) -> DamageCalibration:
-    """The calibration, or a clear error when a model's statistics predate it."""
+def check_calibration(model, calibration: DamageCalibration | None) -> DamageCalibration:
+    """The calibration, or a clear error when the model cannot have one or its statistics predate it."""
+    _lowest_gmm(model)  # a model the search cannot work on says so, not that its statistics are old
     if calibration is None:
         raise InputError(
             "this model's outlier statistics carry no damage calibration (they were computed by an older dcgmm): "

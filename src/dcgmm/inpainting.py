@@ -11,9 +11,9 @@ The default fill is the conditional mean of the damaged pixels given the rest (`
 one draw is ``fill="sample"``.
 
 At the pixels, the known part is clamped (Eq. 8: x1 is kept): the result equals the input outside the
-replaced region. The replaced region is the lowest GMM layer's outlier map carried down to the pixels
-(:func:`dcgmm.outliers.pixel_map`): a pixel is replaced when at least ``coverage`` of the windows that
-cover it are outliers. With sharpening, the gradient ascent below the lowest Folding layer moves only the
+replaced region. With ``locate="outliers"`` the replaced region is the lowest GMM layer's outlier map carried
+down to the pixels (:func:`dcgmm.outliers.pixel_map`): a pixel is replaced when at least ``coverage`` of the
+windows that cover it are outliers. With sharpening, the gradient ascent below the lowest Folding layer moves only the
 replaced pixels and keeps the others at their input values.
 """
 
@@ -73,7 +73,7 @@ def inpaint(
     fill: str = "mean",
     locate: str = "evidence",
 ) -> Inpainted:
-    """Complete corrupted images, locating the corruption with the outlier maps unless ``mask`` is given.
+    """Complete corrupted images, locating the damage unless ``mask`` is given (see ``locate``).
 
     Parameters
     ----------
@@ -119,7 +119,7 @@ def inpaint(
     if mask is None:
         stats = require_statistics(model)
         if locate == "evidence":
-            calibration = check_calibration(stats.damage)
+            calibration = check_calibration(model, stats.damage)
         elif not lower:
             raise InputError(
                 f"{model.spec} has a single GMM layer, which cannot localise damage: pass a mask, or use a model "
