@@ -60,9 +60,9 @@ def main():
         row(f"flat EM GMM K={k} ({k * (2 * 784 + 1):,} parameters)", samples, time.perf_counter() - start)
     settings = [
         (f"default: top-{DEFAULT_TOP_S}, noise {DEFAULT_NOISE}", dict()),
-        ("paper: top-1, no noise, sharpened", dict(top_s=1, noise=0.0, sharpening=Sharpening())),
-        ("top-1, no noise", dict(top_s=1, noise=0.0)),
-        ("top-all, no noise", dict(top_s=None, noise=0.0)),
+        ("paper: top-1, no noise, sharpened", dict(top_s=1, noise=0.0, control_noise=0.0, sharpening=Sharpening())),
+        ("top-1, no noise", dict(top_s=1, noise=0.0, control_noise=0.0)),
+        ("top-all, no noise", dict(top_s=None, noise=0.0, control_noise=0.0)),
         (f"top-{DEFAULT_TOP_S}, noise {DEFAULT_NOISE}, sharpened", dict(sharpening=Sharpening())),
     ]
     for name, options in settings:

@@ -408,8 +408,12 @@ def test_cli_defaults_are_the_librarys():
     for command, function in (("sample", sample), ("variants", variants), ("inpaint", inpaint)):
         extra = ["--npy", "t.npy", "--out", "o"] if command != "sample" else []
         args = parser.parse_args([command, "--model", "m", *extra])
-        top_s = None if command == "sample" else default(function, "top_s")  # sample: the function's own (sample or sample_classes)
-        assert args.S == top_s and args.noise == default(function, "noise"), command
+        if command == "sample":  # None: cmd_sample takes the defaults of sample or, with --classes, sample_classes
+            assert (args.S, args.noise, args.control_noise) == (None, None, None)
+        else:
+            assert args.S == default(function, "top_s") and args.noise == default(function, "noise"), command
+        if command == "variants":
+            assert args.control_noise == default(function, "control_noise")
         assert (args.steps, args.rate) == (Sharpening.steps, Sharpening.rate)
     assert parser.parse_args(["sample", "--model", "m"]).sharpen is (default(sample, "sharpening") is not None)
     inp = parser.parse_args(["inpaint", "--model", "m", "--npy", "t.npy", "--out", "o"])

@@ -107,8 +107,13 @@ def test_cli_sample_and_variants(small_model, digits, tmp_path, capsys):
     run = str(tmp_path / "run")
     assert main(["sample", "--model", run, "--n", "12", "--S", "2", "--steps", "20", "--npy", str(tmp_path / "s.npy"), "--quiet"]) == 0
     assert np.load(tmp_path / "s.npy").shape == (12, 8, 8, 1) and (tmp_path / "run" / "samples.png").is_file()
-    assert main(["sample", "--model", run, "--n", "3", "--classes", "0,3,7", "--no-sharpen", "--out", str(tmp_path / "c.png"), "--quiet"]) == 0
+    assert main(["sample", "--model", run, "--n", "3", "--classes", "0,3,7", "--out", str(tmp_path / "c.png"), "--npy", str(tmp_path / "c.npy"), "--quiet"]) == 0
     assert (tmp_path / "c.png").is_file()
+    # without options, the CLI draws what the library's defaults draw (sample_classes has its own)
+    expected = sample_classes(small_model, [0, 0, 0, 3, 3, 3, 7, 7, 7], generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(np.load(tmp_path / "c.npy"), expected.numpy())
+    assert main(["sample", "--model", run, "--n", "4", "--npy", str(tmp_path / "u.npy"), "--quiet"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "u.npy"), sample(small_model, 4, generator=torch.Generator().manual_seed(0)).numpy())
     templates = tmp_path / "t.npy"
     np.save(templates, digits[0][:4, ..., 0])
     out = tmp_path / "variants"
@@ -152,5 +157,38 @@ def test_default_sampling_draws_distinct_images(small_model):
     distances = torch.cdist(out, out) ** 2 / out.shape[1]
     distances.fill_diagonal_(float("inf"))
     assert int((distances.min(1).values > 1e-3).sum()) >= 190  # the default draws; top-1 repeats templates
-    paper = sample(small_model, 200, top_s=1, noise=0.0, generator=torch.Generator().manual_seed(0)).reshape(200, -1).double()
+    paper = sample(small_model, 200, top_s=1, noise=0.0, control_noise=0.0, generator=torch.Generator().manual_seed(0)).reshape(200, -1).double()
     assert len(torch.unique(paper, dim=0)) <= small_model.layers[small_model.top_gmm].n_components
+
+
+def test_pixel_noise_has_the_learned_variance_and_spares_the_control(small_model):
+    """With ``control_noise=0`` a fixed top component sends its exact centroid down, so top-1 choices below are
+    fixed and the samples scatter around the noiseless image with the closed-form variance of folded noise."""
+    from dcgmm.layers.base import scatter_sum
+
+    model = small_model
+    fold_low, low, fold_top, top = model.layers[:4]
+    k, n, scale = 2, 4000, 0.5
+    with torch.no_grad():
+        control = fold_top.sample(top.centroids[k].expand(1, 1, 1, -1))  # [1, 3, 3, 9]
+        chosen = control.argmax(-1)  # [1, 3, 3]
+        clean = fold_low.sample(low.centroids[chosen])
+        patches = lambda t: t.reshape(1, 3, 3, 4, 4, 1)  # noqa: E731
+        counts = scatter_sum(patches(torch.ones(1, 3, 3, 16)), (8, 8), (4, 4), (2, 2))
+        variance = scatter_sum(patches(scale**2 * torch.exp(-low.log_precisions[chosen])), (8, 8), (4, 4), (2, 2)) / counts**2
+    out = sample_components(model, [k] * n, top_s=1, noise=scale, control_noise=0.0, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(out.mean(0), clean[0], atol=float(5 * (variance.max() / n) ** 0.5))
+    ratio = out.var(0) / variance[0]
+    assert 0.85 < ratio.min() and ratio.max() < 1.15  # relative standard error of a variance from 4000 draws: 2.2%
+    # noise on the control signal changes the choices below: more than one noiseless picture
+    noisy_control = sample_components(model, [k] * 200, top_s=1, noise=0.0, control_noise=1.0, generator=torch.Generator().manual_seed(3))
+    assert len(torch.unique(noisy_control.reshape(200, -1), dim=0)) > 1
+    calm = sample_components(model, [k] * 200, top_s=1, noise=0.0, control_noise=0.0, generator=torch.Generator().manual_seed(3))
+    assert len(torch.unique(calm.reshape(200, -1), dim=0)) == 1
+
+
+def test_sampling_options_reject_negative_noise(small_model):
+    with pytest.raises(InputError, match="control noise must be >= 0"):
+        sample(small_model, 2, control_noise=-0.1)
+    with pytest.raises(InputError, match="noise must be >= 0"):
+        sample_classes(small_model, [1], noise=-1.0)

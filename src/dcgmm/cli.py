@@ -235,9 +235,11 @@ def cmd_sample(args) -> int:
     out = writable_file(Path(args.out) if args.out else _default_out(args.model, "samples.png"), "--out", PICTURE_SUFFIXES)
     if args.npy:
         writable_file(args.npy, "--npy", (".npy",))
-    function = sample_classes if args.classes else sample  # each has its own default top-S
+    function = sample_classes if args.classes else sample  # each has its own default top-S and control noise
     top_s = _default(function, "top_s") if args.S is None else (None if args.S == 0 else args.S)
-    options = dict(top_s=top_s, noise=args.noise, sharpening=_sharpening(args), generator=_generator(args, device), progress=not args.quiet)
+    control_noise = _default(function, "control_noise") if args.control_noise is None else args.control_noise
+    noise = _default(function, "noise") if args.noise is None else args.noise
+    options = dict(top_s=top_s, noise=noise, control_noise=control_noise, sharpening=_sharpening(args), generator=_generator(args, device), progress=not args.quiet)
     start = time.perf_counter()
     if args.classes:
         classes = parse_classes(args.classes)
@@ -251,7 +253,7 @@ def cmd_sample(args) -> int:
     seconds = time.perf_counter() - start
     images = images.cpu().numpy()
     sharp = f"sharpened {args.steps}x{args.rate}" if args.sharpen else "not sharpened"
-    plot_samples(images, out, ncols=ncols, title=f"{model.spec}: top-{top_s or 'all'}, noise {args.noise:g}, {sharp}", row_labels=row_labels)
+    plot_samples(images, out, ncols=ncols, title=f"{model.spec}: top-{top_s or 'all'}, noise {noise:g} (control {control_noise:g}), {sharp}", row_labels=row_labels)
     print(f"{len(images)} samples in {seconds:.1f} s -> {out}")
     if args.npy:
         atomic_write_bytes(Path(args.npy), npy_bytes(images))
@@ -272,7 +274,8 @@ def cmd_variants(args) -> int:
     repeated = torch.from_numpy(np.repeat(templates, args.per_template, axis=0))
     start = time.perf_counter()
     images = variants(
-        model, repeated, top_s=top_s, clamp_layer=args.clamp_layer, noise=args.noise, sharpening=_sharpening(args),
+        model, repeated, top_s=top_s, clamp_layer=args.clamp_layer, noise=args.noise, control_noise=args.control_noise,
+        sharpening=_sharpening(args),
         generator=_generator(args, device), progress=not args.quiet,
     ).cpu().numpy()
     seconds = time.perf_counter() - start
@@ -546,21 +549,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON file (default: eval-<data>.json in the run folder)")
     p.set_defaults(func=cmd_eval)
 
-    def add_sampling_options(p, function) -> None:
-        """The options of ``function`` (sample, variants or inpaint), with its defaults."""
+    def add_sampling_options(p, function, conditional=None) -> None:
+        """The options of ``function`` (sample, variants or inpaint), with its defaults; ``conditional``: a
+        function whose different defaults apply with --classes (sample_classes)."""
+
+        def shown(name: str) -> str:
+            values = [_default(f, name) for f in (function, conditional) if f is not None]
+            text = ["all" if v is None and name == "top_s" else f"{v:g}" for v in values]
+            return text[0] if len(set(text)) == 1 else f"{text[0]}; with --classes {text[1]}"
+
         p.add_argument("--model", required=True, help="run folder (or model file)")
-        p.add_argument("--S", type=_integer, default=_default(function, "top_s"), help="top-S sampling: choose among the S largest control values (0 = all; default: %(default)s)")
+        p.add_argument("--S", type=_integer, default=_default(function, "top_s"), help=f"top-S sampling: choose among the S largest control values (0 = all; default: {shown('top_s')})")
         p.add_argument("--sharpen", action=argparse.BooleanOptionalAction, default=True, help="gradient-ascent sharpening below Folding/Pooling layers (default: off for sample and inpaint, on for variants)")
         p.add_argument("--steps", type=_integer, default=Sharpening.steps, help="sharpening steps G (default: %(default)s)")
         p.add_argument("--rate", type=_finite, default=Sharpening.rate, help="sharpening step size (default: %(default)s)")
-        p.add_argument("--noise", type=_finite, default=_default(function, "noise"), help="add noise x sigma x N(0,1) to every emitted centroid (default: %(default)s, centroids only)")
+        p.add_argument("--noise", type=_finite, default=_default(function, "noise"), help=f"add noise x sigma x N(0,1) to every centroid the lowest GMM layer emits (default: {shown('noise')}; 0: centroids only)")
+        if "control_noise" in inspect.signature(function).parameters:
+            p.add_argument("--control-noise", type=_finite, default=_default(function, "control_noise"), help=f"the same for the GMM layers above the lowest, on the control signals they send down (default: {shown('control_noise')})")
         p.add_argument("--seed", type=_integer, default=0, help="seed of the draws (default: %(default)s)")
         _add_device(p)
         _add_quiet(p)
 
-    p = sub.add_parser("sample", help="draw samples (optionally of given classes) into a PNG grid and .npy", description="Sample images top-down from a trained model; with --classes, sample through its top classifier. The paper's setting: --S 1 --noise 0 --sharpen.")
-    add_sampling_options(p, sample)
-    p.set_defaults(sharpen=_default(sample, "sharpening") is not None, S=None)  # None: the default of sample / sample_classes
+    p = sub.add_parser("sample", help="draw samples (optionally of given classes) into a PNG grid and .npy", description="Sample images top-down from a trained model; with --classes, sample through its top classifier. The paper's setting: --S 1 --noise 0 --control-noise 0 --sharpen.")
+    add_sampling_options(p, sample, conditional=sample_classes)
+    p.set_defaults(sharpen=_default(sample, "sharpening") is not None, S=None, noise=None, control_noise=None)  # None: the default of sample / sample_classes
     p.add_argument("--n", type=_integer, default=100, help="number of samples; with --classes, per class (default: %(default)s)")
     p.add_argument("--classes", help="conditional sampling of these classes, e.g. 0,3,7 (needs a model with a C layer)")
     p.add_argument("--out", help="picture of the grid, .png, .jpg, .pdf or .svg (default: samples.png in the run folder)")

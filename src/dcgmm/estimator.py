@@ -26,7 +26,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .errors import InputError
 from .model import DCGMM, ModelConfig
-from .sampling import DEFAULT_NOISE, DEFAULT_TOP_S, sample_components
+from .sampling import DEFAULT_CONTROL_NOISE, DEFAULT_NOISE, DEFAULT_TOP_S, sample_components
 from .training import TrainConfig, Trainer
 
 
@@ -153,7 +153,7 @@ class DeepGaussianMixture(DensityMixin, BaseEstimator):
     def sample(self, n_samples: int = 1):
         """Draw ``n_samples``: returns ``(X, components)``, X in the layout ``fit`` was given (flat ``(n, D)``
         or images ``(n, H, W, C)``) and the top component each sample was drawn from, shape (n,). Below the top,
-        components are drawn as :func:`dcgmm.sampling.sample` does by default (top-5, 0.25 sigma of noise)."""
+        components are drawn as :func:`dcgmm.sampling.sample` does by default (top-5, 0.25 sigma of noise on every GMM layer's emissions)."""
         check_is_fitted(self, "model_")
         if n_samples < 1:
             raise InputError(f"n_samples must be at least 1; got {n_samples}")
@@ -164,6 +164,7 @@ class DeepGaussianMixture(DensityMixin, BaseEstimator):
         generator = torch.Generator(device=self.model_.device).manual_seed(self.random_state)
         weights = torch.exp(top.log_weights.detach())
         components = torch.multinomial(weights, n_samples, replacement=True, generator=generator)
-        images = sample_components(self.model_, components, top_s=DEFAULT_TOP_S, noise=DEFAULT_NOISE, generator=generator).cpu().numpy()
+        images = sample_components(self.model_, components, top_s=DEFAULT_TOP_S, noise=DEFAULT_NOISE, control_noise=DEFAULT_CONTROL_NOISE,
+                                   generator=generator).cpu().numpy()
         X = images.reshape(n_samples, -1) if self._flat_input else images
         return X.astype(np.float64), components.cpu().numpy()

@@ -3,7 +3,9 @@ in-painting all run it.
 
 From a start layer that receives a control signal, every layer below turns the signal it gets into one for
 the layer below it (:meth:`Layer.sample`): a GMM draws a component per position, restricted to the ``top_s``
-largest entries of its control signal (top-S), and emits its centroid (plus ``noise`` x sigma x N(0, 1));
+largest entries of its control signal (top-S), and emits its centroid plus noise of its learned sigma: ``noise``
+x sigma x N(0, 1) at the lowest GMM layer (the one that emits pixels), ``control_noise`` x sigma x N(0, 1) at
+the GMM layers above it (their emissions are control signals for the layers below);
 Folding puts every window back and averages overlaps; Pooling up-samples; a classifier inverts its map.
 
 **Top-S at the start.** With only the mixing weights pi to go by, a top layer draws from pi unrestricted:
@@ -56,7 +58,9 @@ class SamplingOptions:
     top_s: int | None = 1
     """Every GMM layer chooses among the S largest entries of its control signal (None: no restriction)."""
     noise: float = 0.0
-    """Emit ``centroid + noise x sigma x N(0, 1)`` instead of the centroid."""
+    """The lowest GMM layer emits ``centroid + noise x sigma x N(0, 1)`` instead of its centroid."""
+    control_noise: float = 0.0
+    """The same for the GMM layers above the lowest: noise on the control signals they send down."""
     sharpening: Sharpening | None = None
     """Refine the signals of Folding/Pooling layers (None: off)."""
     restrict_start: bool = False
@@ -72,8 +76,9 @@ class SamplingOptions:
     def __post_init__(self):
         if self.top_s is not None and (isinstance(self.top_s, bool) or not isinstance(self.top_s, int) or self.top_s < 1):
             raise InputError(f"top-S must be a positive integer (or None for no restriction); got {self.top_s!r}")
-        if not self.noise >= 0:
-            raise InputError(f"noise must be >= 0; got {self.noise}")
+        for name in ("noise", "control_noise"):
+            if not getattr(self, name) >= 0:
+                raise InputError(f"{name.replace('_', ' ')} must be >= 0; got {getattr(self, name)}")
 
 
 def log_likelihood_gradient(gmm: GMM, h: torch.Tensor, coefficients: tuple) -> torch.Tensor:
@@ -187,6 +192,7 @@ def top_down(
     tensor, shape (N, H, W, C) of the stack's input.
     """
     unrestricted = options if options.restrict_start else replace(options, top_s=None)
+    lowest = min(i for i, layer in enumerate(layers) if layer.is_mixture)
     for index in range(start, -1, -1):
         layer = layers[index]
         if fuse is not None and index != start:
@@ -195,7 +201,8 @@ def top_down(
         if options.mean:
             control = layer.expected(control)
         else:
-            control = layer.sample(control, top_s=draw.top_s, noise=draw.noise, generator=draw.generator)
+            noise = draw.noise if index == lowest else draw.control_noise
+            control = layer.sample(control, top_s=draw.top_s, noise=noise, generator=draw.generator)
         if options.sharpening is not None and layer.moves_positions:
             fixed = keep if index == 0 else None
             control = sharpen(layers, control, index, options.sharpening, options.progress, fixed=fixed)
