@@ -153,7 +153,7 @@ class DeepGaussianMixture(DensityMixin, BaseEstimator):
     def sample(self, n_samples: int = 1):
         """Draw ``n_samples``: returns ``(X, components)``, X in the layout ``fit`` was given (flat ``(n, D)``
         or images ``(n, H, W, C)``) and the top component each sample was drawn from, shape (n,). Below the top,
-        components are drawn as :func:`dcgmm.sampling.sample` does by default (top-5, 0.25 sigma of noise on every GMM layer's emissions)."""
+        components are drawn as :func:`dcgmm.sampling.sample` does by default (top-5, 0.25 sigma of noise on the pixel layer)."""
         check_is_fitted(self, "model_")
         if n_samples < 1:
             raise InputError(f"n_samples must be at least 1; got {n_samples}")
