@@ -230,3 +230,38 @@ def test_translate_moves_pixels_and_fills_zeros():
     down_right = translate(x, 1, 1)[0, :, :, 0]
     torch.testing.assert_close(down_right, torch.tensor([[0.0, 0, 0], [0, 0, 1], [0, 3, 4]]))
     torch.testing.assert_close(translate(translate(x, 0, -1), 0, 1)[0, :, 1:, 0], x[0, :, 1:, 0])  # column 0 was lost
+
+
+def test_ensemble_scores_average_the_models_z(trained, tmp_path, capsys):
+    from dcgmm.outliers import ensemble_scores
+
+    model, train = trained
+    other = DCGMM.from_spec(SMALL, input_shape=(8, 8, 1))
+    Trainer(other, TrainConfig(epochs=8, batch_size=50, window=10, seed=1), train).fit(progress=False)
+    fit_statistics(other, train, source="digits 0-4")
+    images = train[:60]
+    one, two = image_scores(model, images), image_scores(other, images)
+    assert not np.allclose(one, two)  # different seeds judge differently
+    np.testing.assert_array_equal(ensemble_scores([model], images), one)
+    both = ensemble_scores([model, other], images)
+    assert both.shape == (60,) and np.isfinite(both).all()
+    np.testing.assert_allclose(both, (one + two) / 2, rtol=1e-12)
+    # the same model twice is that model
+    np.testing.assert_allclose(ensemble_scores([model, model], images), one, rtol=1e-12)
+    np.testing.assert_allclose(ensemble_scores([model, other], images, batch_size=7), both, rtol=0, atol=1e-3)
+    shifted = ensemble_scores([model, other], images, shifts=1)
+    np.testing.assert_allclose(shifted, (image_scores(model, images, shifts=1) + image_scores(other, images, shifts=1)) / 2, rtol=1e-12)
+    with pytest.raises(InputError, match="at least one model"):
+        ensemble_scores([], images)
+    wide = DCGMM.from_spec("F(4,4,2,2) G(9) F(3,4,1,1) G(4)", input_shape=(8, 10, 1))
+    with pytest.raises(InputError, match="same images"):
+        ensemble_scores([model, wide], images)
+    # the CLI takes several models
+    for name, m in (("a", model), ("b", other)):
+        save_model(m, tmp_path / name)
+    np.save(tmp_path / "x.npy", images)
+    assert main(["score", "--model", str(tmp_path / "a"), str(tmp_path / "b"), "--npy", str(tmp_path / "x.npy"), "--out", str(tmp_path / "s.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), both, rtol=1e-6)
+    assert "mean of 2 models" in capsys.readouterr().out
+    assert main(["score", "--model", str(tmp_path / "a"), str(tmp_path / "b"), "--npy", str(tmp_path / "x.npy"), "--out", str(tmp_path / "r.npy"), "--raw"]) == 2
+    assert "give one --model" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from .errors import DCGMMError, InputError, TrainingDiverged
 from .experiments import ExperimentConfig
 from .inpainting import inpaint, occlude
 from .model import DCGMM, ModelConfig
-from .outliers import fit_statistics, image_scores
+from .outliers import ensemble_scores, fit_statistics, image_scores
 from .pipeline import Images, layer_report, npy_bytes, report_lines, train_run
 from .plots import PICTURE_SUFFIXES
 from .runs import clear_run, lock_run, remove_stale_temporaries, writable_file, writable_folder
@@ -293,6 +293,12 @@ def _load_model_for(args):
     return load_model(args.model, device=_device(args.device))
 
 
+def _load_models_for(args) -> list:
+    """The models of ``--model`` (one or several: a seed ensemble)."""
+    device = _device(args.device)
+    return [load_model(path, device=device) for path in args.model]
+
+
 def cmd_stats(args) -> int:
     if not 0 <= args.false_alarm < 1:
         raise InputError(f"--false-alarm must lie in [0, 1); got {args.false_alarm}")
@@ -336,23 +342,26 @@ def cmd_outliers(args) -> int:
     from .outliers import outlier_curve, require_statistics
     from .plots import plot_outlier_curves
 
-    model = _load_model_for(args)
-    require_statistics(model)
+    models = _load_models_for(args)
+    for model in models:
+        require_statistics(model)
+    model = models[0]
     inliers, inlier_text = _scored_images(args, "inliers")
     outliers, outlier_text = _scored_images(args, "outliers")
     out = writable_folder(args.out, "--out")
-    scores_in = image_scores(model, inliers, args.batch_size, shifts=args.shifts)
-    scores_out = image_scores(model, outliers, args.batch_size, shifts=args.shifts)
+    scores_in = ensemble_scores(models, inliers, args.batch_size, shifts=args.shifts)
+    scores_out = ensemble_scores(models, outliers, args.batch_size, shifts=args.shifts)
     curve = outlier_curve(scores_in, scores_out)
-    report = {"model": str(args.model), "spec": model.spec, "statistics": model.statistics.source,
-              "inliers": inlier_text, "outliers": outlier_text, **curve}
+    report = {"model": args.model if len(models) > 1 else args.model[0], "spec": model.spec,
+              "statistics": model.statistics.source, "inliers": inlier_text, "outliers": outlier_text, **curve}
     atomic_write_text(out / "outliers.json", json.dumps(report, indent=1))
     buffer = io.BytesIO()
     np.savez(buffer, inliers=scores_in, outliers=scores_out)
     atomic_write_bytes(out / "scores.npz", buffer.getvalue())
     plot_outlier_curves({model.spec: curve}, out / "outliers.png", title=f"inliers {inlier_text} vs outliers {outlier_text}")
     middle = curve["c"].index(0.0)
-    print(f"{model.spec}: {len(scores_in)} inliers ({inlier_text}) vs {len(scores_out)} outliers ({outlier_text})")
+    ensemble = f" (mean score of {len(models)} models)" if len(models) > 1 else ""
+    print(f"{model.spec}{ensemble}: {len(scores_in)} inliers ({inlier_text}) vs {len(scores_out)} outliers ({outlier_text})")
     print(f"  AUROC {curve['auroc']:.4f}; at c=0: {curve['inliers_accepted'][middle]:.1%} of inliers accepted, "
           f"{curve['outliers_rejected'][middle]:.1%} of outliers rejected")
     print(f"  written to {out / 'outliers.json'}, {out / 'outliers.png'}, {out / 'scores.npz'}")
@@ -362,15 +371,17 @@ def cmd_outliers(args) -> int:
 def cmd_score(args) -> int:
     from .outliers import is_inlier
 
-    model = _load_model_for(args)
+    models = _load_models_for(args)
     images = load_npy(args.npy)
     writable_file(args.out, "--out", (".npy",))
     if args.raw:
-        scores = model.log_likelihoods(images, args.batch_size)[-1].per_image
+        if len(models) > 1:
+            raise InputError("--raw writes one model's log-likelihood; give one --model (an ensemble averages z-scores)")
+        scores = models[0].log_likelihoods(images, args.batch_size)[-1].per_image
         what = "top-layer log-likelihood (nats)"
     else:
-        scores = image_scores(model, images, args.batch_size, shifts=args.shifts)
-        what = "standardised top-layer log-likelihood z"
+        scores = ensemble_scores(models, images, args.batch_size, shifts=args.shifts)
+        what = "standardised top-layer log-likelihood z" + (f", mean of {len(models)} models" if len(models) > 1 else "")
     atomic_write_bytes(Path(args.out), npy_bytes(scores.astype(np.float64)))
     print(f"{len(scores)} scores ({what}; higher = more typical) -> {args.out}")
     print(f"  min {scores.min():.3f}  median {np.median(scores):.3f}  max {scores.max():.3f}")
@@ -596,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("outliers", help="outlier-detection curve and AUROC of inliers against outliers", description="Score inlier and outlier images with the top GMM layer (Eq. 6), sweep c over [-2, 2] and write a Fig. 3-style curve, the AUROC (JSON) and the scores.")
-    p.add_argument("--model", required=True, help="run folder (or model file) with outlier statistics")
+    p.add_argument("--model", required=True, nargs="+", help="run folder (or model file) with outlier statistics; several: a seed ensemble, the mean of their scores")
     for side, example in (("inliers", "0-4"), ("outliers", "5-9")):
         p.add_argument(f"--{side}-dataset", choices=sorted(DATASETS) + ["fashion"], help=f"named dataset of the {side}")
         p.add_argument(f"--{side}-classes", help=f"class subset of --{side}-dataset, e.g. {example}")
@@ -610,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_outliers)
 
     p = sub.add_parser("score", help="per-image typicality scores", description="Standardised top-layer log-likelihood of every image (higher = more typical); an image is an outlier at c iff its score < -c (Eq. 6).")
-    p.add_argument("--model", required=True, help="run folder (or model file)")
+    p.add_argument("--model", required=True, nargs="+", help="run folder (or model file); several: a seed ensemble, the mean of their z-scores")
     p.add_argument("--npy", required=True, help="images, (N, H, W) or (N, H, W, C) .npy")
     p.add_argument("--out", required=True, help="scores as a (N,) float64 .npy")
     p.add_argument("--raw", action="store_true", help="write the top layer's log-likelihood in nats instead (needs no statistics)")

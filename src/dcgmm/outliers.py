@@ -215,6 +215,23 @@ def image_scores(model: DCGMM, images, batch_size: int = 500, shifts: int = 0) -
     return np.concatenate(out)
 
 
+def ensemble_scores(models, images, batch_size: int = 500, shifts: int = 0) -> np.ndarray:
+    """Per-image score of a seed ensemble, shape (N,): the mean of :func:`image_scores` over ``models``.
+
+    Beyond the paper (deep-ensemble style): models of the same data trained from different seeds misjudge
+    different images, and every model's score is a z standardised on its own training data, so their mean
+    is on the same scale as one model's (higher is more typical; Eq. 6 applies unchanged). Measurements
+    in docs/outliers.md.
+    """
+    models = list(models)
+    if not models:
+        raise InputError("an ensemble needs at least one model")
+    shapes = {tuple(m.input_shape) for m in models}
+    if len(shapes) > 1:
+        raise InputError(f"the models of an ensemble must take the same images; their input shapes are {sorted(shapes)}")
+    return np.mean([image_scores(m, images, batch_size, shifts=shifts) for m in models], axis=0)
+
+
 def translate(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """``images`` (N, H, W, C) moved ``dy`` pixels down and ``dx`` right; the pixels moved in are 0."""
     out = torch.zeros_like(images)
