@@ -1,16 +1,18 @@
-"""The best outlier configuration found so far on the paper's protocol, beside kNN-5 in the same run.
+"""Seed ensembles and test-time shifts of outlier scores on one protocol, beside kNN-5 in the same run.
 
-MNIST: train on digits 0-4 (30 596 images); inliers the test digits 0-4, outliers the test digits 5-9.
-Models: 3L-a with a top G(100) instead of G(49), ``F(3,3,1,1) G(25) P(2,2) F(4,4,1,1) G(25) P(2,2) F(5,5,1,1)
-G(100)``, 25 epochs with the default settings, one per seed (run folders under --runs are reused). Rows: every
+Protocols as in outlier_protocols.py (default: the paper's, MNIST train 0-4; inliers the test digits 0-4,
+outliers the test digits 5-9). Models (--arch; default: 3L-a with a top G(100) instead of G(49),
+``F(3,3,1,1) G(25) P(2,2) F(4,4,1,1) G(25) P(2,2) F(5,5,1,1) G(100)``), 25 epochs with the default settings,
+one per seed (run folders under --runs are reused). Rows: every
 seed alone with the default score (the top layer's z) and with ``shifts=1`` (best z over the 9 one-pixel
 translations); seed ensembles (``dcgmm.outliers.ensemble_scores``: the mean z of the first n models), plain
 and with shifts; kNN-5 on raw pixels (minus the mean distance to the 5 nearest training images,
 standardised over 2000 training images as in outlier_protocols.py). Reported: ROC
 AUC, the authors' curve area (inliers kept against outliers rejected, c in [-2, 2]), training seconds per
-model and scoring seconds per 1000 images. Written to --out/outlier_ensemble.json.
+model and scoring seconds per 1000 images. Added to --out/outlier_ensemble.json under the protocol's name.
 
-Usage: python benchmarks/outlier_ensemble.py [--seeds 0 1 2] [--runs runs/ens] [--out docs]
+Usage: python benchmarks/outlier_ensemble.py [--protocol "mnist 0-4 vs 5-9"] [--arch SPEC] [--seeds 0 1 2]
+       [--runs runs/ens] [--out docs]
 """
 
 import argparse
@@ -22,20 +24,25 @@ import numpy as np
 
 from dcgmm import DCGMM, TrainConfig, Trainer, load_dataset, load_model, save_model
 from dcgmm.outliers import ensemble_scores, fit_statistics, image_scores, outlier_curve
-from outlier_protocols import curve_area, knn_scorer, standardised
+from outlier_protocols import PROTOCOLS, curve_area, knn_scorer, standardised
 
 SPEC = "F(3,3,1,1) G(25) P(2,2) F(4,4,1,1) G(25) P(2,2) F(5,5,1,1) G(100)"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", default="mnist 0-4 vs 5-9", choices=list(PROTOCOLS))
+    parser.add_argument("--arch", default=SPEC, help="preset or spec (default: %(default)s)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--runs", default="runs/ens")
     parser.add_argument("--out", default="docs")
     args = parser.parse_args()
-    train, _ = load_dataset("mnist", "train", range(5))
-    inliers, _ = load_dataset("mnist", "test", range(5))
-    outliers, _ = load_dataset("mnist", "test", range(5, 10))
+    (train_set, train_classes), (in_set, in_classes), (out_set, out_classes) = PROTOCOLS[args.protocol]
+    train, _ = load_dataset(train_set, "train", None if train_classes is None else list(train_classes))
+    inliers, _ = load_dataset(in_set, "test", None if in_classes is None else list(in_classes))
+    outliers, _ = load_dataset(out_set, "test", None if out_classes is None else list(out_classes))
+    name = "top100" if args.arch == SPEC else args.arch
+    folder = Path(args.runs) if args.protocol == "mnist 0-4 vs 5-9" and args.arch == SPEC else Path(args.runs) / args.protocol.replace(" ", "_") / name
     images = np.concatenate([inliers, outliers])
     per_1000 = 1000 / len(images)
     rows = {}
@@ -54,14 +61,14 @@ def main():
     row("kNN-5 on pixels", knn(images), time.perf_counter() - start)
     models, plain, shifted, costs = [], [], [], []
     for seed in args.seeds:
-        run = Path(args.runs) / f"top100-seed{seed}"
+        run = folder / f"{name}-seed{seed}"
         start = time.perf_counter()
         if (run / "model.safetensors").exists():
             model, training = load_model(run), None
         else:
-            model = DCGMM.from_spec(SPEC)
+            model = DCGMM.from_spec(args.arch)
             Trainer(model, TrainConfig(seed=seed), train).fit(progress=False)
-            fit_statistics(model, train, source="mnist train 0-4")
+            fit_statistics(model, train, source=f"{args.protocol}: training images")
             save_model(model, run)
             training = round(time.perf_counter() - start)
         models.append(model)
@@ -72,8 +79,8 @@ def main():
         shifted.append(image_scores(model, images, shifts=1))
         shift_seconds = time.perf_counter() - start
         costs.append((plain_seconds, shift_seconds))
-        row(f"3L-a top G(100), seed {seed}", plain[-1], plain_seconds, training)
-        row(f"3L-a top G(100), seed {seed}, shifts=1", shifted[-1], shift_seconds)
+        row(f"{name}, seed {seed}", plain[-1], plain_seconds, training)
+        row(f"{name}, seed {seed}, shifts=1", shifted[-1], shift_seconds)
     for n in range(2, len(models) + 1):
         seconds = sum(c[0] for c in costs[:n])
         # the mean of the single scores is what ensemble_scores computes; checked here on the plain scores
@@ -81,7 +88,9 @@ def main():
         row(f"ensemble of {n} (seeds {', '.join(map(str, args.seeds[:n]))})", np.mean(plain[:n], axis=0), seconds)
         row(f"ensemble of {n}, shifts=1", np.mean(shifted[:n], axis=0), sum(c[1] for c in costs[:n]))
     out = Path(args.out) / "outlier_ensemble.json"
-    out.write_text(json.dumps({"protocol": "mnist train 0-4; test 0-4 vs 5-9", "spec": SPEC, "rows": rows}, indent=1) + "\n")
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results[f"{args.protocol}, {name}"] = {"spec": models[0].spec, "rows": rows}
+    out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"written to {out}")
 
 
