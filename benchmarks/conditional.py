@@ -22,15 +22,9 @@ from sklearn.linear_model import LogisticRegression
 from dcgmm import DCGMM, TrainConfig, Trainer, load_dataset, load_model, save_model
 from dcgmm.plots import plot_samples
 from dcgmm.sampling import DEFAULT_CLASS_CONTROL_NOISE, DEFAULT_CLASS_NOISE, DEFAULT_CLASS_TOP_S, Sharpening, sample, sample_classes
+from sampling import distinct
 
 SPEC = "F(8,8,2,2) G(25) F(11,11,1,1) G(36) C(10)"
-
-
-def distinct(samples: torch.Tensor) -> int:
-    x = samples.reshape(len(samples), -1).double()
-    d = torch.cdist(x, x) ** 2 / x.shape[1]
-    d.fill_diagonal_(float("inf"))
-    return int((d.min(1).values > 1e-3).sum())
 
 
 def main():

@@ -20,13 +20,7 @@ from sklearn.mixture import GaussianMixture
 from dcgmm import DCGMM, TrainConfig, Trainer, load_dataset, load_model
 from dcgmm.metrics import Bins
 from dcgmm.sampling import DEFAULT_NOISE, DEFAULT_TOP_S, Sharpening, sample
-
-
-def distinct(samples: np.ndarray) -> int:
-    x = torch.as_tensor(samples.reshape(len(samples), -1), dtype=torch.float64)
-    d = torch.cdist(x, x) ** 2 / x.shape[1]
-    d.fill_diagonal_(float("inf"))
-    return int((d.min(1).values > 1e-3).sum())
+from sampling import distinct
 
 
 def main():

@@ -26,7 +26,7 @@ difference of 1e-3 per pixel), NDB 87 of 100 bins. Measured with that model, 100
 images (benchmarks/sampling.py, docs/sampling.md), noise 0.25 at every layer: top-5 NDB 63, top-2 62,
 top-all without noise 60 (864 distinct); 3L-a 50 / 62 / 70, so top-5 is the default."""
 DEFAULT_NOISE = 0.25
-"""Default noise of :func:`sample` and :func:`sample_classes`: the lowest GMM layer emits its centroid plus
+"""Default noise of :func:`sample` (:func:`sample_classes` has :data:`DEFAULT_CLASS_NOISE`): the lowest GMM layer emits its centroid plus
 0.25 x its learned standard deviation x N(0, 1). With S = 5 on 2L-c (an earlier session, the same noise at
 every layer): noise 0, 0.1, 0.25 give NDB 61, 63, 61 and 848, 1000, 1000 of 1000 distinct samples; pixel
 noise 0.25 alone: NDB 65, 992 distinct."""
@@ -86,7 +86,7 @@ def sample(
     learned standard deviations of noise to every centroid the lowest GMM layer emits, ``control_noise`` to
     those of the GMM layers above it; ``sharpening`` (None: off) refines the signals of Folding/Pooling
     layers. The defaults (:data:`DEFAULT_TOP_S`, :data:`DEFAULT_NOISE`, :data:`DEFAULT_CONTROL_NOISE`, no
-    sharpening) are the measured best for diverse, faithful samples; the paper's setting is ``top_s=1,
+    sharpening) were chosen from the measurements in docs/sampling.md; the paper's setting is ``top_s=1,
     noise=0, control_noise=0, sharpening=Sharpening()``.
     """
     if n < 1:
