@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dcgmm import DCGMM, CheckpointError, TrainConfig, Trainer, load_model
-from dcgmm.checkpoint import CHECKPOINT_FILE, MODEL_FILE
+from dcgmm.checkpoint import CHECKPOINT_FILE, MODEL_FILE, read_file, save_file, save_model
 
 SMALL = "F(4,4,2,2) G(9) F(3,3,1,1) G(4)"
 
@@ -18,6 +18,22 @@ def test_model_file_reloads(digits, tmp_path):
     trainer.save_checkpoint(tmp_path)
     loaded = load_model(tmp_path)
     np.testing.assert_array_equal(loaded.log_likelihoods(images)[-1].per_position, trainer.model.log_likelihoods(images)[-1].per_position)
+
+
+def test_the_code_floor_survives_a_reload_and_files_from_before_it_keep_one_floor(digits, tmp_path):
+    images, _ = digits
+    model = DCGMM.from_spec(SMALL, input_shape=(8, 8, 1), code_variance_floor=0.003)
+    Trainer(model, TrainConfig(epochs=1, batch_size=50), images).fit(progress=False)
+    save_model(model, tmp_path / "new.safetensors")
+    loaded = load_model(tmp_path / "new.safetensors")
+    assert [layer.variance_floor for _, layer in loaded.gmm_layers()] == [0.05, 0.003]
+    np.testing.assert_array_equal(loaded.log_likelihoods(images)[-1].per_position, model.log_likelihoods(images)[-1].per_position)
+    # a file written before code_variance_floor existed: its top layer was trained (and must be read) with 0.05
+    tensors, metadata = read_file(tmp_path / "new.safetensors")
+    del metadata["model_config"]["code_variance_floor"]
+    save_file(tmp_path / "old.safetensors", tensors, metadata)
+    old = load_model(tmp_path / "old.safetensors")
+    assert old.config.floors == (0.05, 0.05) and [layer.variance_floor for _, layer in old.gmm_layers()] == [0.05, 0.05]
 
 
 def test_killed_write_leaves_previous_checkpoint_intact(digits, tmp_path, monkeypatch):

@@ -12,6 +12,11 @@ from torch import distributed as dist
 from dcgmm import DCGMM, InputError, TrainConfig, Trainer, load_model
 
 SPEC = "F(4,4,2,2) G(4) F(3,3,1,1) G(4)"
+FLOORS = ["--code-variance-floor", "0.05"]
+"""One variance floor for both layers. With the default finer floor of the top layer, this 4-component toy
+model's precision steps amplify the last-bit differences of the two summation orders (measured: top-layer
+precision parameters 8 apart after 3 epochs, the first layer still equal to 1e-6); the test is about the
+arithmetic of data-parallel training, which this model shows to 1e-5."""
 RTOL, ATOL = 1e-4, 1e-5
 """Allowed difference between the parameters of the two runs, |a - b| <= ATOL + RTOL |a|: float32 sums taken
 in another order (measured: at most about 1e-5 on parameters up to about 10, after 60 steps)."""
@@ -39,7 +44,7 @@ def digits_file(digits, tmp_path):
 
 def test_torchrun_two_processes_equal_one_process(digits_file):
     tmp_path = digits_file
-    common = ["--epochs", "3", "--batch-size", "20", "--seed", "3"]
+    common = ["--epochs", "3", "--batch-size", "20", "--seed", "3", *FLOORS]
     _train(common + ["--out", str(tmp_path / "single")], tmp_path, sys.executable)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     stdout = _train(common + ["--out", str(tmp_path / "ddp")], tmp_path, *torchrun)

@@ -101,8 +101,10 @@ def model_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source:
 
     if not isinstance(metadata.get("model_config"), dict):
         raise CheckpointError(f"{source} has no model configuration; it was not written by dcgmm")
+    # files written before code_variance_floor existed trained every layer with the one variance_floor
+    settings = {"code_variance_floor": None, **metadata["model_config"]}
     try:
-        model = DCGMM(ModelConfig(**metadata["model_config"]))
+        model = DCGMM(ModelConfig(**settings))
     except TypeError as exc:
         raise CheckpointError(f"{source}: unknown model configuration ({exc}); it was written by another dcgmm version") from None
     except SpecError as exc:

@@ -159,10 +159,14 @@ def _bytes(n: float) -> str:
 
 
 def build_layers(
-    spec: str, input_shape: tuple[int, int, int], variance_floor: float = 0.05, mu_init: float = 0.01
+    spec: str, input_shape: tuple[int, int, int], variance_floor: float | tuple[float, float] = 0.05, mu_init: float = 0.01
 ) -> list[Layer]:
-    """Build the layers of ``spec`` for inputs of shape ``(H, W, C)``; each layer's input is the previous output."""
+    """Build the layers of ``spec`` for inputs of shape ``(H, W, C)``; each layer's input is the previous output.
+
+    ``variance_floor``: one floor for every GMM layer, or (floor of the first GMM layer, floor of those above it).
+    """
     shape = tuple(int(s) for s in input_shape)
+    floors = variance_floor if isinstance(variance_floor, tuple) else (variance_floor, variance_floor)
     layers, total = [], 0
     for i, layer_spec in enumerate(parse(spec)):
         total += _parameter_count(layer_spec, shape)
@@ -170,7 +174,8 @@ def build_layers(
         if layer_spec.letter == "G":  # before its parameters are allocated
             _check_activity(layer_spec, i + 1, (shape[0], shape[1], layer_spec.args[0]))
         try:
-            layer = _make(layer_spec, shape, variance_floor, mu_init)
+            floor = floors[1] if any(layer.is_mixture for layer in layers) else floors[0]
+            layer = _make(layer_spec, shape, floor, mu_init)
         except DCGMMError as exc:
             raise SpecError(f"layer {i + 1} {layer_spec} on input {shape[0]}x{shape[1]}x{shape[2]}: {exc}") from None
         _check_activity(layer_spec, i + 1, layer.out_shape)

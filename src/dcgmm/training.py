@@ -45,18 +45,27 @@ from .progress import progress_bar, write_line
 from .schedule import Schedule
 
 
+def centroid_rate(model: DCGMM, layer, rate_centroids: float) -> float:
+    """Rate factor of ``layer``'s centroids: ``rate_centroids``, scaled down by the layer's variance floor
+    relative to the first GMM layer's, so that layers with a finer floor (the code layers above the first)
+    take steps no larger, relative to their precision, than the first layer's."""
+    return rate_centroids * min(1.0, layer.variance_floor / model.config.variance_floor)
+
+
 def _check_step_size(model: DCGMM, config: "TrainConfig") -> None:
     """Refuse centroid learning rates that overshoot.
 
-    A component that wins a fraction m of the positions moves its centroid by ``lr * rate_centroids * m * tau``
+    A component that wins a fraction m of the positions moves its centroid by ``lr * rate * m * tau``
     times its distance to their mean, with precisions tau up to ``1 / variance_floor``; above a factor 2 the
     step overshoots by more than the distance and the centroid diverges (a variance floor of 0.01 at lr 0.1
-    ends with log-likelihoods of -5000 per position). The defaults sit exactly at 2.
+    ends with log-likelihoods of -5000 per position). The defaults sit exactly at 2; layers with a finer floor
+    than the first get a proportionally smaller rate (:func:`centroid_rate`).
     """
     for index, layer in model.gmm_layers():
-        gain = config.lr * config.rate_centroids / layer.variance_floor
+        rate = centroid_rate(model, layer, config.rate_centroids)
+        gain = config.lr * rate / layer.variance_floor
         if gain > 2 * (1 + 1e-9):
-            limit = 2 * layer.variance_floor / config.rate_centroids
+            limit = 2 * layer.variance_floor / rate
             raise InputError(
                 f"layer {index} {layer.spec()}: learning rate {config.lr} with variance floor {layer.variance_floor} lets "
                 f"centroid steps overshoot and diverge (lr x rate_centroids / variance_floor = {gain:.3g} > 2): "
@@ -228,7 +237,7 @@ class Trainer:
         groups = []
         for index, layer in self.model.gmm_layers():
             groups += [
-                {"params": [layer.centroids], "layer": index, "rate": c.rate_centroids},
+                {"params": [layer.centroids], "layer": index, "rate": centroid_rate(self.model, layer, c.rate_centroids)},
                 {"params": [layer.precision_raw], "layer": index, "rate": c.rate_precisions},
                 {"params": [layer.weight_logits], "layer": index, "rate": c.rate_weights},
             ]
