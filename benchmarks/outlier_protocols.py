@@ -66,6 +66,18 @@ def knn_scorer(train: np.ndarray, k: int = 5):
     return score
 
 
+def pca_scorer(train: np.ndarray, components: int = 50):
+    """Minus the PCA reconstruction error on raw pixels."""
+    pca = PCA(components, random_state=0).fit(flat(train))
+    return lambda x: -((pca.inverse_transform(pca.transform(flat(x))) - flat(x)) ** 2).sum(1)
+
+
+def flat_gmm_scorer(train: np.ndarray, k: int = 100):
+    """Log-likelihood under a flat diagonal GMM fitted by EM (scikit-learn, variance floor 0.05)."""
+    gmm = GaussianMixture(k, covariance_type="diag", reg_covar=0.05, max_iter=100, random_state=0).fit(flat(train))
+    return lambda x: gmm.score_samples(flat(x))
+
+
 def standardised(score, train_sample: np.ndarray, **kwargs):
     values = score(train_sample, **kwargs)
     mean, std = values.mean(), max(values.std(), 1e-6)
@@ -112,14 +124,11 @@ def main():
         add(f"dcgmm {args.arch}, shifts=1", lambda x: image_scores(model, x, shifts=1), None)
         add("kNN-5 on pixels", standardised(knn_scorer(train), sample, skip_self=True), 0.0)
         start = time.perf_counter()
-        pca = PCA(50, random_state=0).fit(flat(train))
-        fitted = time.perf_counter() - start
-        reconstruction = lambda x: -((pca.inverse_transform(pca.transform(flat(x))) - flat(x)) ** 2).sum(1)
-        add("PCA-50 reconstruction", standardised(reconstruction, sample), fitted)
+        reconstruction = pca_scorer(train)
+        add("PCA-50 reconstruction", standardised(reconstruction, sample), time.perf_counter() - start)
         start = time.perf_counter()
-        gmm = GaussianMixture(100, covariance_type="diag", reg_covar=0.05, max_iter=100, random_state=0).fit(flat(train))
-        fitted = time.perf_counter() - start
-        add("flat EM GMM K=100, var. floor 0.05", standardised(lambda x: gmm.score_samples(flat(x)), sample), fitted)
+        likelihood = flat_gmm_scorer(train)
+        add("flat EM GMM K=100, var. floor 0.05", standardised(likelihood, sample), time.perf_counter() - start)
         results[name] = rows
     (Path(args.out) / "outlier_protocols.json").write_text(json.dumps(results, indent=1))
     names = list(next(iter(results.values())))
