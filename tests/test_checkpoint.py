@@ -22,15 +22,15 @@ def test_model_file_reloads(digits, tmp_path):
 
 def test_the_code_floor_survives_a_reload_and_files_from_before_it_keep_one_floor(digits, tmp_path):
     images, _ = digits
-    model = DCGMM.from_spec(SMALL, input_shape=(8, 8, 1), code_variance_floor=0.003)
+    model = DCGMM.from_spec(SMALL, input_shape=(8, 8, 1), top_variance_floor=0.003)
     Trainer(model, TrainConfig(epochs=1, batch_size=50), images).fit(progress=False)
     save_model(model, tmp_path / "new.safetensors")
     loaded = load_model(tmp_path / "new.safetensors")
     assert [layer.variance_floor for _, layer in loaded.gmm_layers()] == [0.05, 0.003]
     np.testing.assert_array_equal(loaded.log_likelihoods(images)[-1].per_position, model.log_likelihoods(images)[-1].per_position)
-    # a file written before code_variance_floor existed: its top layer was trained (and must be read) with 0.05
+    # a file written before top_variance_floor existed: its top layer was trained (and must be read) with 0.05
     tensors, metadata = read_file(tmp_path / "new.safetensors")
-    del metadata["model_config"]["code_variance_floor"]
+    del metadata["model_config"]["top_variance_floor"]
     save_file(tmp_path / "old.safetensors", tensors, metadata)
     old = load_model(tmp_path / "old.safetensors")
     assert old.config.floors == (0.05, 0.05) and [layer.variance_floor for _, layer in old.gmm_layers()] == [0.05, 0.05]

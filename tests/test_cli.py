@@ -403,7 +403,7 @@ def test_cli_defaults_are_the_librarys():
 
     parser = build_parser()
     train = parser.parse_args(["train", "--out", "x"])
-    assert all(getattr(train, k) is None for k in ("epochs", "batch_size", "seed", "lr", "wait", "variance_floor", "code_variance_floor", "arch"))
+    assert all(getattr(train, k) is None for k in ("epochs", "batch_size", "seed", "lr", "wait", "variance_floor", "top_variance_floor", "arch"))
     assert DEFAULT_ARCH in PRESETS  # the values themselves come from TrainConfig / ModelConfig when None
     for command, function in (("sample", sample), ("variants", variants), ("inpaint", inpaint)):
         extra = ["--npy", "t.npy", "--out", "o"] if command != "sample" else []
@@ -451,12 +451,12 @@ def test_cli_train_eval_info(tmp_path, digits_npy, capsys):
     assert np.isfinite(report["layers"]["layer_3"]["mean_loglik_per_image"])
     capsys.readouterr()
     assert main(["info", "--model", str(run)]) == 0
-    assert "variance floor 0.05 (first GMM layer), 0.005 (layers above)" in capsys.readouterr().out
+    assert "variance floor 0.05, top GMM layer 0.005" in capsys.readouterr().out
     assert load_model(run).statistics.layers[3].count == 400  # outlier statistics saved with the model
-    assert main(args[:-1] + ["--resume", "--epochs", "3", "--code-variance-floor", "0.01", "--quiet"]) == 2
-    assert "(--code-variance-floor 0.005)" in capsys.readouterr().err
+    assert main(args[:-1] + ["--resume", "--epochs", "3", "--top-variance-floor", "0.01", "--quiet"]) == 2
+    assert "(--top-variance-floor 0.005)" in capsys.readouterr().err
     paper = tmp_path / "paper"
-    assert main(args[:-2] + [str(paper), "--code-variance-floor", "0.05", "--quiet"]) == 0
+    assert main(args[:-2] + [str(paper), "--top-variance-floor", "0.05", "--quiet"]) == 0
     assert [layer.variance_floor for _, layer in load_model(paper).gmm_layers()] == [0.05, 0.05]
 
 

@@ -12,7 +12,7 @@ from torch import distributed as dist
 from dcgmm import DCGMM, InputError, TrainConfig, Trainer, load_model
 
 SPEC = "F(4,4,2,2) G(4) F(3,3,1,1) G(4)"
-FLOORS = ["--code-variance-floor", "0.05"]
+FLOORS = ["--top-variance-floor", "0.05"]
 """One variance floor for both layers. With the default finer floor of the top layer, this 4-component toy
 model's precision steps amplify the last-bit differences of the two summation orders (measured: top-layer
 precision parameters 8 apart after 3 epochs, the first layer still equal to 1e-6); the test is about the

@@ -26,7 +26,7 @@ def test_parameters_and_clone():
     est = DeepGaussianMixture(arch=SMALL, n_epochs=3)
     params = est.get_params()
     assert params["arch"] == SMALL and params["n_epochs"] == 3 and set(params) == {
-        "arch", "image_shape", "n_epochs", "batch_size", "learning_rate", "variance_floor", "code_variance_floor", "random_state", "device", "verbose"}
+        "arch", "image_shape", "n_epochs", "batch_size", "learning_rate", "variance_floor", "top_variance_floor", "random_state", "device", "verbose"}
     copy = clone(est.set_params(n_epochs=4))
     assert copy.get_params() == est.get_params() and copy is not est and not hasattr(copy, "model_")
 

@@ -58,7 +58,7 @@ def test_colour_images_train_sample_score_and_inpaint():
     ({"value_range": (0.0, float("nan"))}, "value_range must be None or two finite numbers"),
     ({"value_range": (1.0, 0.0)}, "min <= max"),
     ({"variance_floor": 0.0}, "variance_floor must be a finite positive number"),
-    ({"code_variance_floor": -0.01}, "code_variance_floor must be a finite positive number"),
+    ({"top_variance_floor": -0.01}, "top_variance_floor must be a finite positive number"),
     ({"mu_init": float("inf")}, "mu_init must be a finite number >= 0"),
 ])
 def test_model_config_validates_every_field(options, message):
@@ -67,19 +67,20 @@ def test_model_config_validates_every_field(options, message):
     assert ModelConfig("2L-c", input_shape=[28, 28, 1], value_range=[0, 1]).input_shape == (28, 28, 1)  # JSON lists are fine
 
 
-def test_the_first_gmm_layer_has_the_pixel_floor_and_the_layers_above_the_code_floor():
-    model = DCGMM.from_spec("F(8,8,2,2) G(25) F(11,11,1,1) G(36) F(1,1,1,1) G(9) C(10)", variance_floor=0.04, code_variance_floor=0.002)
+def test_the_top_gmm_layer_of_a_deep_model_has_its_own_floor():
+    model = DCGMM.from_spec("F(8,8,2,2) G(25) F(11,11,1,1) G(36) F(1,1,1,1) G(9) C(10)", variance_floor=0.04, top_variance_floor=0.002)
     floors = [layer.variance_floor for _, layer in model.gmm_layers()]
-    assert floors == [0.04, 0.002, 0.002]
-    for index, floor in ((1, 0.04), (3, 0.002)):  # variances asked below the floor stop at the layer's own floor
+    assert floors == [0.04, 0.04, 0.002]
+    for index, floor in ((1, 0.04), (5, 0.002)):  # variances asked below the floor stop at the layer's own floor
         layer = model.layers[index]
         layer.set_parameters(torch.full((layer.n_components,), 1 / layer.n_components), layer.centroids.detach(),
                              torch.full_like(layer.centroids, 1e-5))
         assert float(layer.variances.detach().min()) == pytest.approx(floor, rel=1e-4)
         assert float(layer.log_precisions.detach().max()) <= -math.log(floor) + 1e-6
-    same = DCGMM.from_spec("2L-c", variance_floor=0.04, code_variance_floor=None)
+    assert [layer.variance_floor for _, layer in DCGMM.from_spec("1L", top_variance_floor=0.002).gmm_layers()] == [0.05]  # one layer: pixels
+    same = DCGMM.from_spec("2L-c", variance_floor=0.04, top_variance_floor=None)
     assert [layer.variance_floor for _, layer in same.gmm_layers()] == [0.04, 0.04]  # None: the paper's single floor
-    assert ModelConfig("2L-c", code_variance_floor=None).floors == (0.05, 0.05)
+    assert ModelConfig("2L-c", top_variance_floor=None).floors == (0.05, 0.05)
 
 
 def test_estimation_without_missing_pixels_equals_plain_estimation(trained):

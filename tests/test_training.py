@@ -56,14 +56,14 @@ def test_learning_rates_that_overshoot_are_refused(digits):
 
 
 def test_layers_with_a_finer_floor_take_proportionally_smaller_centroid_steps(digits):
-    """The overshoot bound lr x rate / floor holds for every layer: a code floor ten times finer than the
-    pixel floor gets a tenth of the centroid rate, and the default settings are accepted."""
+    """The overshoot bound lr x rate / floor holds for every layer: a top floor ten times finer than the
+    others gets a tenth of the centroid rate, and the default settings are accepted."""
     images, _ = digits
-    model = DCGMM.from_spec(SMALL, input_shape=(8, 8, 1), variance_floor=0.05, code_variance_floor=0.005)
+    model = DCGMM.from_spec(SMALL, input_shape=(8, 8, 1), variance_floor=0.05, top_variance_floor=0.005)
     trainer = Trainer(model, TrainConfig(epochs=2, batch_size=50), images)
     rates = {g["layer"]: g["rate"] for g in trainer.optimizer.param_groups if g["params"][0] is model.layers[g["layer"]].centroids}
     assert rates == {1: pytest.approx(1.0), 3: pytest.approx(0.1)}
-    coarse = DCGMM.from_spec(SMALL, input_shape=(8, 8, 1), variance_floor=0.05, code_variance_floor=0.1)
+    coarse = DCGMM.from_spec(SMALL, input_shape=(8, 8, 1), variance_floor=0.05, top_variance_floor=0.1)
     rates = {g["layer"]: g["rate"] for g in Trainer(coarse, TrainConfig(), images).optimizer.param_groups
              if g["params"][0] is coarse.layers[g["layer"]].centroids}
     assert rates == {1: pytest.approx(1.0), 3: pytest.approx(1.0)}  # a coarser floor needs no smaller steps

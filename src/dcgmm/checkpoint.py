@@ -101,8 +101,8 @@ def model_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source:
 
     if not isinstance(metadata.get("model_config"), dict):
         raise CheckpointError(f"{source} has no model configuration; it was not written by dcgmm")
-    # files written before code_variance_floor existed trained every layer with the one variance_floor
-    settings = {"code_variance_floor": None, **metadata["model_config"]}
+    # files written before top_variance_floor existed trained every layer with the one variance_floor
+    settings = {"top_variance_floor": None, **metadata["model_config"]}
     try:
         model = DCGMM(ModelConfig(**settings))
     except TypeError as exc:

@@ -86,7 +86,7 @@ def cmd_train(args) -> int:
 
 DEFAULT_ARCH = "2L-c"
 """The architecture `dcgmm train` builds when --arch is not given."""
-RESUMED_SETTINGS = ("arch", "batch_size", "seed", "lr", "wait", "variance_floor", "code_variance_floor")
+RESUMED_SETTINGS = ("arch", "batch_size", "seed", "lr", "wait", "variance_floor", "top_variance_floor")
 """Options of `dcgmm train` that a resumed run takes from its checkpoint (giving another value is refused)."""
 
 
@@ -104,7 +104,7 @@ def _train(args, rank: int, world: int, device: torch.device) -> int:
 def _check_resumed_settings(args, trainer: Trainer, out: Path) -> None:
     saved = {"arch": trainer.model.spec, "batch_size": trainer.config.batch_size, "seed": trainer.config.seed,
              "lr": trainer.config.lr, "wait": trainer.config.wait, "variance_floor": trainer.model.config.variance_floor,
-             "code_variance_floor": trainer.model.config.floors[1]}
+             "top_variance_floor": trainer.model.config.floors[1]}
     for name in RESUMED_SETTINGS:
         given = getattr(args, name)
         if given is None:
@@ -130,7 +130,7 @@ def _train_in(args, rank: int, world: int, device: torch.device, out: Path) -> i
         if held and not args.overwrite:
             raise InputError(f"{out} already holds a run ({', '.join(held)}): pass --resume to continue it, --overwrite to replace it, or another --out")
         images, labels = _load_images(args, "train", stream=True)
-        model_options = {name: getattr(args, name) for name in ("variance_floor", "code_variance_floor") if getattr(args, name) is not None}
+        model_options = {name: getattr(args, name) for name in ("variance_floor", "top_variance_floor") if getattr(args, name) is not None}
         model = DCGMM(ModelConfig(args.arch or DEFAULT_ARCH, tuple(images.shape[1:]), **model_options))
         settings = {k: getattr(args, k) for k in ("epochs", "batch_size", "seed", "lr", "wait") if getattr(args, k) is not None}
         trainer = Trainer(model, TrainConfig(**settings), images, labels, device=device)
@@ -496,8 +496,9 @@ def cmd_data_fetch(args) -> int:
 
 def cmd_info(args) -> int:
     model = load_model(args.model)
-    pixels, codes = model.config.floors
-    print(f"{model.spec}  input {model.input_shape}  variance floor {pixels} (first GMM layer), {codes} (layers above)")
+    floors = [layer.variance_floor for _, layer in model.gmm_layers()]
+    top = f", top GMM layer {floors[-1]}" if len(floors) > 1 else ""
+    print(f"{model.spec}  input {model.input_shape}  variance floor {floors[0]}{top}")
     for line in model.layer_summary():
         print("  " + line)
     return 0
@@ -547,8 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_integer, help=f"default: {TrainConfig.seed}")
     p.add_argument("--lr", type=_finite, help=f"base learning rate (default: {TrainConfig.lr})")
     p.add_argument("--wait", type=_finite, help=f"fraction of training each higher GMM layer waits before adapting, in [0, 1) (default: {TrainConfig.wait})")
-    p.add_argument("--variance-floor", type=_finite, help=f"smallest component variance of the first GMM layer (default: {ModelConfig.variance_floor})")
-    p.add_argument("--code-variance-floor", type=_finite, help=f"smallest component variance of the GMM layers above the first, which model the responsibilities below them; the paper uses one floor for all, i.e. the --variance-floor value (default: {ModelConfig.code_variance_floor})")
+    p.add_argument("--variance-floor", type=_finite, help=f"smallest component variance of every GMM layer but the top one (default: {ModelConfig.variance_floor})")
+    p.add_argument("--top-variance-floor", type=_finite, help=f"smallest component variance of the top GMM layer of a deep model, which models the responsibilities below it; the paper uses one floor for all, i.e. the --variance-floor value (default: {ModelConfig.top_variance_floor})")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, with its own settings")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")

@@ -39,7 +39,7 @@ class DeepGaussianMixture(DensityMixin, BaseEstimator):
     image_shape : ``(H, W)`` or ``(H, W, C)`` of the images when ``X`` is flat ``(N, D)``; None takes ``X`` as
         it comes: ``(N, H, W)`` or ``(N, H, W, C)`` images, and a flat ``(N, D)`` as one position with ``D``
         channels (fit it with e.g. ``arch="G(10)"``, a plain diagonal GMM).
-    n_epochs, batch_size, learning_rate, variance_floor, code_variance_floor : training settings (:class:`~dcgmm.TrainConfig`,
+    n_epochs, batch_size, learning_rate, variance_floor, top_variance_floor : training settings (:class:`~dcgmm.TrainConfig`,
         :class:`~dcgmm.ModelConfig`); the batch size is capped at the number of training images.
     random_state : seed of the initial values, the data order and :meth:`sample`.
     device : ``"cpu"`` or ``"cuda"``.
@@ -55,14 +55,14 @@ class DeepGaussianMixture(DensityMixin, BaseEstimator):
     """
 
     def __init__(self, arch="2L-c", image_shape=None, n_epochs=25, batch_size=100, learning_rate=0.1,
-                 variance_floor=0.05, code_variance_floor=0.005, random_state=0, device="cpu", verbose=False):
+                 variance_floor=0.05, top_variance_floor=0.005, random_state=0, device="cpu", verbose=False):
         self.arch = arch
         self.image_shape = image_shape
         self.n_epochs = n_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.variance_floor = variance_floor
-        self.code_variance_floor = code_variance_floor
+        self.top_variance_floor = top_variance_floor
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
@@ -111,7 +111,7 @@ class DeepGaussianMixture(DensityMixin, BaseEstimator):
         self.n_features_in_ = int(math.prod(self.image_shape_))
         self._flat_input = flat
         model = DCGMM(ModelConfig(self.arch, self.image_shape_, variance_floor=self.variance_floor,
-                                  code_variance_floor=self.code_variance_floor))
+                                  top_variance_floor=self.top_variance_floor))
         config = TrainConfig(epochs=self.n_epochs, batch_size=min(self.batch_size, len(images)),
                              lr=self.learning_rate, seed=self.random_state)
         labels = None if y is None or model.classifier is None else np.asarray(y)

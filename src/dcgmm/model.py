@@ -41,14 +41,15 @@ class ModelConfig:
     input_shape: tuple[int, int, int] = (28, 28, 1)
     """(H, W, C) of the images."""
     variance_floor: float = 0.05
-    """Smallest variance of the first GMM layer's components, which model pixels (precision bound 1/floor = 20
+    """Smallest variance of the components of every GMM layer but the top one (precision bound 1/floor = 20
     as in the authors' code)."""
-    code_variance_floor: float | None = 0.005
-    """Smallest variance of the components of every GMM layer above the first, whose inputs are the
-    responsibilities of the layer below (values in [0, 1], mostly near 0). None: the same as ``variance_floor``,
-    as in the paper and in models saved before this setting existed. The pixel floor is ten times too coarse
-    for such inputs: on MNIST 0-4 vs 5-9, 2L-c scores outliers with AUROC 0.864-0.865 at 0.05 and 0.908-0.914
-    at 0.005 (three seeds each, docs/outliers.md)."""
+    top_variance_floor: float | None = 0.005
+    """Smallest variance of the top GMM layer's components when it is not the only one: its inputs are the
+    responsibilities of the layer below (values in [0, 1], mostly near 0), for which the pixel floor is ten
+    times too coarse. None: the same as ``variance_floor``, as in the paper and in models saved before this
+    setting existed. On MNIST 0-4 vs 5-9, 2L-c scores outliers with AUROC 0.864-0.865 at 0.05 and 0.908-0.914
+    at 0.005 (three seeds each, docs/outliers.md). Only the top layer: 3L-a's middle layer at 0.005 lost
+    0.08 of AUROC."""
     mu_init: float = 0.01
     """GMM centroids start uniform in [-mu_init, mu_init] (paper Sec. III-B1)."""
     value_range: tuple[float, float] | None = None
@@ -68,8 +69,8 @@ class ModelConfig:
             raise SpecError(f"input_shape must be three positive integers (H, W, C); got {shorten(repr(shape))}")
         self.input_shape = tuple(int(s) for s in shape)
         self.variance_floor = _positive_float("variance_floor", self.variance_floor)
-        if self.code_variance_floor is not None:
-            self.code_variance_floor = _positive_float("code_variance_floor", self.code_variance_floor)
+        if self.top_variance_floor is not None:
+            self.top_variance_floor = _positive_float("top_variance_floor", self.top_variance_floor)
         self.mu_init = _positive_float("mu_init", self.mu_init, allow_zero=True)
         if self.value_range is not None:
             pair = self.value_range
@@ -85,9 +86,9 @@ class ModelConfig:
 
     @property
     def floors(self) -> tuple[float, float]:
-        """(floor of the first GMM layer, floor of every GMM layer above it)."""
-        code = self.variance_floor if self.code_variance_floor is None else self.code_variance_floor
-        return self.variance_floor, code
+        """(floor of every GMM layer below the top one, floor of the top GMM layer of a deep model)."""
+        top = self.variance_floor if self.top_variance_floor is None else self.top_variance_floor
+        return self.variance_floor, top
 
 
 @dataclass

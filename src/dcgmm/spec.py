@@ -163,18 +163,21 @@ def build_layers(
 ) -> list[Layer]:
     """Build the layers of ``spec`` for inputs of shape ``(H, W, C)``; each layer's input is the previous output.
 
-    ``variance_floor``: one floor for every GMM layer, or (floor of the first GMM layer, floor of those above it).
+    ``variance_floor``: one floor for every GMM layer, or (floor of the GMM layers below the top one, floor of
+    the top GMM layer when there are several).
     """
     shape = tuple(int(s) for s in input_shape)
     floors = variance_floor if isinstance(variance_floor, tuple) else (variance_floor, variance_floor)
+    specs = parse(spec)
+    mixtures = [i for i, layer_spec in enumerate(specs) if layer_spec.letter == "G"]
     layers, total = [], 0
-    for i, layer_spec in enumerate(parse(spec)):
+    for i, layer_spec in enumerate(specs):
         total += _parameter_count(layer_spec, shape)
         _check_size(layer_spec, i + 1, shape, total)
         if layer_spec.letter == "G":  # before its parameters are allocated
             _check_activity(layer_spec, i + 1, (shape[0], shape[1], layer_spec.args[0]))
         try:
-            floor = floors[1] if any(layer.is_mixture for layer in layers) else floors[0]
+            floor = floors[1] if len(mixtures) > 1 and i == mixtures[-1] else floors[0]
             layer = _make(layer_spec, shape, floor, mu_init)
         except DCGMMError as exc:
             raise SpecError(f"layer {i + 1} {layer_spec} on input {shape[0]}x{shape[1]}x{shape[2]}: {exc}") from None

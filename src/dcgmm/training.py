@@ -47,8 +47,8 @@ from .schedule import Schedule
 
 def centroid_rate(model: DCGMM, layer, rate_centroids: float) -> float:
     """Rate factor of ``layer``'s centroids: ``rate_centroids``, scaled down by the layer's variance floor
-    relative to the first GMM layer's, so that layers with a finer floor (the code layers above the first)
-    take steps no larger, relative to their precision, than the first layer's."""
+    relative to the model's ``variance_floor``, so that a layer with a finer floor (the top layer of a deep
+    model, ``top_variance_floor``) takes steps no larger, relative to its precision, than the others."""
     return rate_centroids * min(1.0, layer.variance_floor / model.config.variance_floor)
 
 

@@ -1,12 +1,12 @@
-"""The variance floor of the code layers (GMM layers above the first) against outlier AUROC, kNN-5 in the same run.
+"""The variance floor of the top GMM layer (`top_variance_floor`) against outlier AUROC, kNN-5 in the same run.
 
 MNIST, train on classes 0-4 (30 596 images), inliers the test images of classes 0-4, outliers those of 5-9. For
-each code floor and seed, the default architecture (2L-c) is trained with the default settings otherwise
-(`ModelConfig(code_variance_floor=F)`, `TrainConfig(seed=S)`), and scored by the default score (the top layer's z)
+each top floor and seed, the default architecture (2L-c) is trained with the default settings otherwise
+(`ModelConfig(top_variance_floor=F)`, `TrainConfig(seed=S)`), and scored by the default score (the top layer's z)
 and with ``shifts=1``. A floor of 0.05 is the paper's (the same floor as the pixels). Also printed: how many of
 the top layer's components win at least one training image, and the training time.
 
-Usage: python benchmarks/code_floor.py [--floors 0.05 0.01 0.005 0.002] [--seeds 0 1 2] [--arch 2L-c]
+Usage: python benchmarks/top_floor.py [--floors 0.05 0.01 0.005 0.002] [--seeds 0 1 2] [--arch 2L-c]
 """
 
 import argparse
@@ -29,7 +29,7 @@ def main():
     parser.add_argument("--floors", nargs="+", type=float, default=[0.05, 0.01, 0.005, 0.002])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--arch", default="2L-c")
-    parser.add_argument("--out", default="docs/code_floor.json")
+    parser.add_argument("--out", default="docs/top_floor.json")
     args = parser.parse_args()
     train, _ = load_dataset("mnist", "train", list(range(5)))
     inliers, _ = load_dataset("mnist", "test", list(range(5)))
@@ -40,26 +40,26 @@ def main():
     rows = []
     for floor in args.floors:
         for seed in args.seeds:
-            model = DCGMM.from_spec(args.arch, code_variance_floor=floor)
+            model = DCGMM.from_spec(args.arch, top_variance_floor=floor)
             start = time.perf_counter()
             Trainer(model, TrainConfig(seed=seed), train).fit(progress=False)
             seconds = time.perf_counter() - start
             fit_statistics(model, train)
             used = len(np.unique(model.clusters(train)))
             top = max(i for i, _ in model.gmm_layers())
-            row = {"code_floor": floor, "seed": seed, "seconds_train": seconds, "used": used,
+            row = {"top_floor": floor, "seed": seed, "seconds_train": seconds, "used": used,
                    "components": model.layers[top].n_components,
                    "auroc": outlier_curve(image_scores(model, inliers), image_scores(model, outliers))["auroc"],
                    "auroc_shifts1": outlier_curve(image_scores(model, inliers, shifts=1), image_scores(model, outliers, shifts=1))["auroc"]}
             rows.append(row)
-            print(f"code floor {floor}, seed {seed}: AUROC {row['auroc']:.4f}, shifts=1 {row['auroc_shifts1']:.4f}, "
+            print(f"top floor {floor}, seed {seed}: AUROC {row['auroc']:.4f}, shifts=1 {row['auroc_shifts1']:.4f}, "
                   f"{used}/{row['components']} top components used, training {seconds:.0f} s", flush=True)
     Path(args.out).write_text(json.dumps({"arch": args.arch, "knn5": baseline, "runs": rows}, indent=1))
     print(f"\n{args.arch}, MNIST 0-4 vs 5-9; kNN-5 on pixels {baseline:.4f} in the same run\n")
-    print("| code floor | AUROC per seed | mean | `shifts=1` per seed | mean | top components used | training |")
+    print("| top floor | AUROC per seed | mean | `shifts=1` per seed | mean | top components used | training |")
     print("|---|---|---:|---|---:|---|---|")
     for floor in args.floors:
-        mine = [r for r in rows if r["code_floor"] == floor]
+        mine = [r for r in rows if r["top_floor"] == floor]
         plain, shifted = [r["auroc"] for r in mine], [r["auroc_shifts1"] for r in mine]
         print(f"| {floor} | {' / '.join(f'{a:.4f}' for a in plain)} | {np.mean(plain):.4f} | "
               f"{' / '.join(f'{a:.4f}' for a in shifted)} | {np.mean(shifted):.4f} | "
