@@ -1,8 +1,8 @@
-"""Training speed of 2L-c on full MNIST (batch 100) on this machine, against a naive reference, and stability.
+"""Training speed of 2L-c (or --arch) on full MNIST (batch 100) on this machine, against a naive reference, and stability.
 
 Prints, in one run:
 
-* the naive reference: the same 2L-c trained the plain PyTorch way — log(pi_k N_k(x)) from the expanded
+* the naive reference: the same architecture trained the plain PyTorch way — log(pi_k N_k(x)) from the expanded
   square by matrix products (no broadcast tensor), the plain max-component loss (no annealing kernel),
   gradients by autograd, plain SGD, batch 100 — seconds per epoch over ``--naive-epochs`` epochs;
 * seconds per epoch of a default dcgmm training run (25 epochs: the mean, which is the figure that counts,
@@ -24,8 +24,8 @@ from dcgmm import DCGMM, TrainConfig, Trainer, load_dataset
 from naive import MatmulGMM, make_naive
 
 
-def naive_seconds_per_epoch(images, epochs: int) -> float:
-    model = make_naive(DCGMM.from_spec("2L-c"), MatmulGMM)
+def naive_seconds_per_epoch(arch: str, images, epochs: int) -> float:
+    model = make_naive(DCGMM.from_spec(arch), MatmulGMM)
     history = Trainer(model, TrainConfig(epochs=epochs), images).fit(progress=False)
     return sum(r.seconds for r in history) / len(history)
 
@@ -50,25 +50,26 @@ def gmm_flops_per_image(model):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arch", default="2L-c", help="preset or spec (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--seeds", type=int, default=0, help="also train this many seeds for 25 epochs and check for NaN")
     parser.add_argument("--naive-epochs", type=int, default=2, help="epochs of the naive reference (default: %(default)s)")
     args = parser.parse_args()
     images, _ = load_dataset("mnist", "train")
     peak = matmul_peak()
-    naive = naive_seconds_per_epoch(images, args.naive_epochs)
-    model = DCGMM.from_spec("2L-c")
+    naive = naive_seconds_per_epoch(args.arch, images, args.naive_epochs)
+    model = DCGMM.from_spec(args.arch)
     trainer = Trainer(model, TrainConfig(epochs=args.epochs), images)
     history = trainer.fit(progress=False)
     seconds = sum(r.seconds for r in history) / len(history)
     gflops = gmm_flops_per_image(model) * trainer.steps_per_epoch * 100 / seconds / 1e9
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"2L-c, MNIST 60000, batch 100: {seconds:.2f} s/epoch, mean of {args.epochs} (all: {', '.join(f'{r.seconds:.2f}' for r in history)})")
+    print(f"{args.arch}, MNIST 60000, batch 100: {seconds:.2f} s/epoch, mean of {args.epochs} (all: {', '.join(f'{r.seconds:.2f}' for r in history)})")
     print(f"naive reference (matrix products, autograd, no annealing kernel): {naive:.2f} s/epoch, mean of {args.naive_epochs}; "
           f"dcgmm / naive = {seconds / naive:.2f}")
     print(f"GMM layers: {gflops:.1f} GFLOP/s achieved; float32 matmul peak measured {peak:.1f} GFLOP/s ({100 * gflops / peak:.0f}%)")
     for seed in range(args.seeds):
-        model = DCGMM.from_spec("2L-c")
+        model = DCGMM.from_spec(args.arch)
         hist = Trainer(model, TrainConfig(seed=seed), images).fit(progress=False)
         finite = all(torch.isfinite(p).all() for p in model.parameters()) and all(
             v is not None and math.isfinite(v) for r in hist for v in r.objective.values())
