@@ -20,7 +20,7 @@ def test_model_file_reloads(digits, tmp_path):
     np.testing.assert_array_equal(loaded.log_likelihoods(images)[-1].per_position, trainer.model.log_likelihoods(images)[-1].per_position)
 
 
-def test_the_code_floor_survives_a_reload_and_files_from_before_it_keep_one_floor(digits, tmp_path):
+def test_the_top_floor_survives_a_reload_and_files_from_before_it_keep_one_floor(digits, tmp_path):
     images, _ = digits
     model = DCGMM.from_spec(SMALL, input_shape=(8, 8, 1), top_variance_floor=0.003)
     Trainer(model, TrainConfig(epochs=1, batch_size=50), images).fit(progress=False)

@@ -334,6 +334,11 @@ def test_long_and_odd_specs(files, tmp_path, capsys):
 
 def test_settings_that_were_silently_accepted(files, tmp_path, capsys):
     out = tmp_path / "r"
+    for option in ("--variance-floor", "--top-variance-floor"):
+        for value in ("0", "-0.01"):
+            status, _, err = run(capsys, "train", "--arch", SMALL, "--data", files["small"], "--out", out, option, value)
+            assert status == 2 and "is not above 0" in err
+            assert not out.exists()  # refused before the run folder is made
     assert "wait is a fraction of training and must lie in [0, 1); got 5.0" in error(
         capsys, "train", "--arch", SMALL, "--data", files["small"], "--out", out, "--wait", 5)
     assert "so it would never train" in error(

@@ -62,6 +62,14 @@ def _finite(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> float:
+    """argparse type: a finite float above 0 (checked before a run folder is made)."""
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not above 0 (a variance floor is a positive variance, e.g. 0.05)")
+    return value
+
+
 def _integer(text: str) -> int:
     """argparse type: an integer written with the digits 0-9."""
     if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):
@@ -548,8 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_integer, help=f"default: {TrainConfig.seed}")
     p.add_argument("--lr", type=_finite, help=f"base learning rate (default: {TrainConfig.lr})")
     p.add_argument("--wait", type=_finite, help=f"fraction of training each higher GMM layer waits before adapting, in [0, 1) (default: {TrainConfig.wait})")
-    p.add_argument("--variance-floor", type=_finite, help=f"smallest component variance of every GMM layer but the top one (default: {ModelConfig.variance_floor})")
-    p.add_argument("--top-variance-floor", type=_finite, help=f"smallest component variance of the top GMM layer of a deep model, which models the responsibilities below it; the paper uses one floor for all, i.e. the --variance-floor value (default: {ModelConfig.top_variance_floor})")
+    p.add_argument("--variance-floor", type=_positive, help=f"smallest component variance of every GMM layer but the top one (default: {ModelConfig.variance_floor})")
+    p.add_argument("--top-variance-floor", type=_positive, help=f"smallest component variance of the top GMM layer of a deep model, which models the responsibilities below it; the paper uses one floor for all, i.e. the --variance-floor value (default: {ModelConfig.top_variance_floor})")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, with its own settings")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
