@@ -29,37 +29,13 @@ import numpy as np
 import torch
 
 from dcgmm import DCGMM, TrainConfig, Trainer, load_dataset, load_model, save_model
+from dcgmm.baselines import iou, knn_fill, region_mse
 from dcgmm.inpainting import inpaint, occlude
 from dcgmm.outliers import fit_statistics
 from dcgmm.plots import plot_inpainting
 
 CLASSES = [0, 1, 2, 3, 4]
 FILLS = ("noise", 0.5)
-
-
-def iou(found: np.ndarray, truth: np.ndarray) -> float:
-    inter = (found & truth).sum((1, 2))
-    union = np.maximum((found | truth).sum((1, 2)), 1)
-    return float((inter / union).mean())
-
-
-def region_mse(images: np.ndarray, clean: np.ndarray, region: np.ndarray) -> float:
-    return float(((images - clean) ** 2)[..., 0][region].mean())
-
-
-def knn_fill(train: np.ndarray, damaged: np.ndarray, masks: np.ndarray, k: int = 5) -> np.ndarray:
-    """Paste the mean of the k training images nearest on each image's known pixels into its mask."""
-    t = torch.as_tensor(train.reshape(len(train), -1), dtype=torch.float64)
-    filled = damaged.copy()
-    for start in range(0, len(damaged), 250):
-        x = torch.as_tensor(damaged[start : start + 250].reshape(-1, t.shape[1]), dtype=torch.float64)
-        known = torch.as_tensor(~masks[start : start + 250].reshape(len(x), -1), dtype=torch.float64)
-        distances = ((known * x * x).sum(1, keepdim=True) - 2 * (known * x) @ t.T + known @ (t * t).T)  # [B, N]
-        nearest = distances.topk(k, dim=1, largest=False).indices
-        fill = t[nearest].mean(1).reshape(-1, *damaged.shape[1:]).numpy()
-        m = masks[start : start + 250, ..., None]
-        filled[start : start + 250] = np.where(m, fill, damaged[start : start + 250])
-    return filled
 
 
 def model_for(arch: str, run: Path, train: np.ndarray, source: str) -> tuple[DCGMM, float]:

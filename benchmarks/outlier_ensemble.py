@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from dcgmm import DCGMM, TrainConfig, Trainer, load_dataset, load_model, save_model
+from dcgmm.baselines import flat_gmm_scorer, knn_scorer, pca_scorer, standardised
 from dcgmm.outliers import ensemble_scores, fit_statistics, image_scores, outlier_curve
-from outlier_protocols import PROTOCOLS, curve_area, flat_gmm_scorer, knn_scorer, pca_scorer, standardised
+from outlier_protocols import PROTOCOLS, curve_area
 
 SPEC = "F(3,3,1,1) G(25) P(2,2) F(4,4,1,1) G(25) P(2,2) F(5,5,1,1) G(100)"
 

@@ -25,10 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
-from sklearn.mixture import GaussianMixture
 
 from dcgmm import DCGMM, TrainConfig, Trainer, load_dataset, load_model, save_model
+from dcgmm.baselines import flat_gmm_scorer, knn_scorer, pca_scorer, standardised
 from dcgmm.outliers import fit_statistics, image_scores, outlier_curve
 
 PROTOCOLS = {
@@ -44,44 +43,6 @@ def curve_area(curve: dict) -> float:
     x, y = np.asarray(curve["outliers_rejected"]), np.asarray(curve["inliers_accepted"])
     order = np.argsort(x)
     return float(np.trapezoid(y[order], x[order]))
-
-
-def flat(x: np.ndarray) -> np.ndarray:
-    return x.reshape(len(x), -1).astype(np.float32)
-
-
-def knn_scorer(train: np.ndarray, k: int = 5):
-    t = torch.as_tensor(flat(train))
-    norms = (t * t).sum(1)
-
-    def score(images: np.ndarray, skip_self: bool = False) -> np.ndarray:
-        out = []
-        for start in range(0, len(images), 500):
-            x = torch.as_tensor(flat(images[start : start + 500]))
-            d = ((x * x).sum(1, keepdim=True) - 2 * x @ t.T + norms).clamp_min(0).sqrt()
-            nearest = d.topk(k + skip_self, dim=1, largest=False).values[:, int(skip_self):]
-            out.append(-nearest.mean(1))
-        return torch.cat(out).numpy()
-
-    return score
-
-
-def pca_scorer(train: np.ndarray, components: int = 50):
-    """Minus the PCA reconstruction error on raw pixels."""
-    pca = PCA(components, random_state=0).fit(flat(train))
-    return lambda x: -((pca.inverse_transform(pca.transform(flat(x))) - flat(x)) ** 2).sum(1)
-
-
-def flat_gmm_scorer(train: np.ndarray, k: int = 100):
-    """Log-likelihood under a flat diagonal GMM fitted by EM (scikit-learn, variance floor 0.05)."""
-    gmm = GaussianMixture(k, covariance_type="diag", reg_covar=0.05, max_iter=100, random_state=0).fit(flat(train))
-    return lambda x: gmm.score_samples(flat(x))
-
-
-def standardised(score, train_sample: np.ndarray, **kwargs):
-    values = score(train_sample, **kwargs)
-    mean, std = values.mean(), max(values.std(), 1e-6)
-    return lambda images: (score(images) - mean) / std
 
 
 def main():

@@ -12,8 +12,9 @@ import re
 import shutil
 from pathlib import Path
 
+from dcgmm.experiments import STAGES
+
 MARKER = "<!-- report -->"
-STAGES = ("outliers", "clustering", "sampling", "centroids")
 
 
 def main():

@@ -14,17 +14,14 @@ Usage: python benchmarks/top_floor.py [--floors 0.05 0.01 0.005 0.002] [--seeds 
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from dcgmm import DCGMM, TrainConfig, Trainer, load_dataset
+from dcgmm.baselines import knn_scorer
 from dcgmm.outliers import fit_statistics, image_scores, outlier_curve
-
-sys.path.insert(0, str(Path(__file__).parent))
-from outlier_protocols import knn_scorer  # noqa: E402
 
 
 def main():

@@ -26,7 +26,7 @@ from .checkpoint import CHECKPOINT_FILE, MODEL_FILE, atomic_write_bytes, atomic_
 from .data import DATASETS, fetch, load_dataset, load_npy, open_npy, parse_classes, read_array
 from .distributed import processes
 from .errors import DCGMMError, InputError, TrainingDiverged
-from .experiments import ExperimentConfig
+from .experiments import STAGES, ExperimentConfig
 from .inpainting import inpaint, occlude
 from .model import DCGMM, ModelConfig
 from .outliers import ensemble_scores, fit_statistics, image_scores
@@ -667,8 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for damaged.npy, mask.npy, clean.npy")
     p.set_defaults(func=cmd_occlude)
 
-    p = sub.add_parser("experiment", help="reproduce one of the paper's experiments and write a report", description="Run a paper experiment end to end on MNIST and FashionMNIST (Sec. IV): outliers (Fig. 3), clustering (Table II), sampling (Figs. 4-7), centroids (Fig. 2), or all; writes report.md with figures, CSV tables and numbers.json into --out.")
-    p.add_argument("name", choices=["outliers", "clustering", "sampling", "centroids", "all"])
+    p = sub.add_parser("experiment", help="reproduce one of the paper's experiments and write a report", description="Run a paper experiment end to end on MNIST and FashionMNIST (Sec. IV): outliers (Fig. 3), clustering (Table II), sampling (Figs. 4-7), in-painting, centroids (Fig. 2), or all; writes report.md with figures, CSV tables and numbers.json into --out.")
+    p.add_argument("name", choices=[*STAGES, "all"])
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"], choices=sorted(DATASETS) + ["fashion"], help="default: %(default)s")
     p.add_argument("--out", default="runs/experiments", help="run folder (default: %(default)s); stages already there are kept in the report")
     p.add_argument("--archs", nargs="+", help=f"architectures of the outlier and clustering tables (default: all of {', '.join(PRESETS)})")
