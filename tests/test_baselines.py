@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dcgmm import InputError
-from dcgmm.baselines import flat_gmm, iou, knn_fill, knn_scorer, matched_components, pca_scorer, region_mse, standardised
+from dcgmm.baselines import flat_gmm, gmm_scorer, iou, knn_fill, knn_scorer, matched_components, pca_scorer, region_mse, standardised
 
 
 @pytest.fixture
@@ -52,6 +52,7 @@ def test_flat_gmm_and_matched_components(split):
     train, _ = split
     gmm = flat_gmm(train, 3, seed=0, max_iter=20)
     assert gmm.means_.shape == (3, 64) and gmm.covariances_.min() >= 0.05
+    np.testing.assert_array_equal(gmm_scorer(gmm)(train[:5]), gmm.score_samples(train[:5].reshape(5, -1).astype(np.float64)))
     assert matched_components(3 * (2 * 64 + 1), 64) == 3 and matched_components(10, 784) == 1
     with pytest.raises(InputError, match="1 <= K <= 300"):
         flat_gmm(train, 301)

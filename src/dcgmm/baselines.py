@@ -2,8 +2,8 @@
 
 * :func:`knn_scorer`: minus the mean Euclidean distance to the k nearest training images (outlier score);
 * :func:`pca_scorer`: minus the PCA reconstruction error (outlier score);
-* :func:`flat_gmm`: a flat diagonal GMM fitted by EM (scikit-learn), :func:`flat_gmm_scorer` its
-  log-likelihood, and :func:`matched_components`, the K at which it has about as many parameters as a DCGMM;
+* :func:`flat_gmm`: a flat diagonal GMM fitted by EM (scikit-learn), :func:`gmm_scorer` /
+  :func:`flat_gmm_scorer` its log-likelihood, and :func:`matched_components`, the K at which it has about as many parameters as a DCGMM;
 * :func:`standardised`: a score standardised by its mean and deviation on training images, so that the c of
   Eq. 6 means the same for every score;
 * :func:`knn_fill`: in-painting by the mean of the k training images nearest on the known pixels;
@@ -74,10 +74,14 @@ def flat_gmm(train, k: int, reg_covar: float = 0.05, seed: int = 0, max_iter: in
         np.asarray(train, dtype=np.float64).reshape(len(train), -1))
 
 
+def gmm_scorer(gmm) -> Callable:
+    """The log-likelihood of images (N, H, W, C) under a fitted flat GMM (:func:`flat_gmm`), shape (N,)."""
+    return lambda images: gmm.score_samples(np.asarray(images, dtype=np.float64).reshape(len(images), -1))
+
+
 def flat_gmm_scorer(train, k: int = 100, reg_covar: float = 0.05, seed: int = 0) -> Callable:
     """The log-likelihood of images under :func:`flat_gmm` fitted on ``train`` (outlier score)."""
-    gmm = flat_gmm(train, k, reg_covar=reg_covar, seed=seed)
-    return lambda images: gmm.score_samples(np.asarray(images, dtype=np.float64).reshape(len(images), -1))
+    return gmm_scorer(flat_gmm(train, k, reg_covar=reg_covar, seed=seed))
 
 
 def matched_components(parameters: int, dimensions: int) -> int:
@@ -99,7 +103,7 @@ def knn_fill(train, damaged, masks, k: int = 5, chunk: int = 250) -> np.ndarray:
     ``train`` (N, H, W, C), ``damaged`` (M, H, W, C), ``masks`` bool (M, H, W) with True = damaged. Returns the
     filled images (M, H, W, C), equal to ``damaged`` outside the masks.
     """
-    damaged = np.asarray(damaged)
+    damaged, masks = np.asarray(damaged), np.asarray(masks, dtype=bool)
     if masks.shape != damaged.shape[:3]:
         raise InputError(f"masks must have shape {damaged.shape[:3]} (one per image); got {masks.shape}")
     t = torch.as_tensor(_flat(train), dtype=torch.float64)

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .baselines import iou, knn_fill, knn_scorer, matched_components, pca_scorer, region_mse, standardised
+from .baselines import flat_gmm, gmm_scorer, iou, knn_fill, knn_scorer, matched_components, pca_scorer, region_mse, standardised
 from .checkpoint import atomic_write_text
 from .data import load_dataset
 from .errors import InputError
@@ -104,7 +104,7 @@ class ExperimentConfig:
     outliers: tuple[int, ...] = (5, 6, 7, 8, 9)
     reruns: int = 3
     """Clustering reruns per architecture (seeds seed .. seed + reruns - 1); the paper has 10, which at this
-    schedule would take ~1.7 h for the DCGMMs alone on 2 cores."""
+    schedule would take ~2 h for the DCGMMs alone on 2 cores (docs/results.md)."""
     clustering_images: int = 20_000
     """Training images (all classes, a random subset drawn per rerun) of each clustering run. 3L-a trained 25
     epochs on 20 000 or 30 000 images uses the same number of top components (21 of 49), at 2/3 of the time."""
@@ -300,13 +300,10 @@ class Experiment:
 
     def em(self, images: np.ndarray, k: int, seed: int, reg_covar: float, cache_key=None):
         """A flat diagonal GMM with ``k`` components fitted by EM (k-means initialisation) on flattened images."""
-        from sklearn.mixture import GaussianMixture
-
         key = (cache_key, k, seed, reg_covar)
         if cache_key is not None and key in self._em:  # the same images under the same name: fitted already
             return self._em[key]
-        gmm = GaussianMixture(k, covariance_type="diag", reg_covar=reg_covar, max_iter=self.config.em_max_iter, random_state=seed)
-        gmm.fit(_flat64(images))
+        gmm = flat_gmm(images, k, reg_covar=reg_covar, seed=seed, max_iter=self.config.em_max_iter)
         if cache_key is not None:
             self._em[key] = gmm
         return gmm
@@ -350,7 +347,7 @@ class Experiment:
             for k, reg, archs in fits:
                 bar.set_postfix_str(f"{data.name} EM K={k} reg {reg:g}")
                 gmm = self.em(train, k, c.seed, reg, cache_key=(data.name, "inliers"))
-                score = standardised(_em_scorer(gmm), sample)
+                score = standardised(gmm_scorer(gmm), sample)
                 curves[f"EM flat K={k}, reg {reg:g}" + _size_note(archs)] = outlier_curve(score(inliers), score(outliers))
                 bar.update()
             numbers[data.name] = curves
@@ -434,7 +431,7 @@ class Experiment:
             f"{c.protocol_arch}, default score": lambda x: image_scores(model, x),
             "kNN-5 on pixels": standardised(knn_scorer(train), sample, skip_self=True),
             "PCA-50 reconstruction": standardised(pca_scorer(train, seed=c.seed), sample),
-            f"EM flat K={k} ({c.protocol_arch}'s parameters)": standardised(_em_scorer(self.em(train, k, c.seed, c.em_reg_covar[-1], cache_key=cache)), sample),
+            f"EM flat K={k} ({c.protocol_arch}'s parameters)": standardised(gmm_scorer(self.em(train, k, c.seed, c.em_reg_covar[-1], cache_key=cache)), sample),
         }
         return {label: outlier_curve(score(inliers), score(outliers))["auroc"] for label, score in scores.items()}
 
@@ -679,11 +676,6 @@ _INPAINTING_COLUMNS = ("located_mean", "located_sample", "true_mask_mean", "true
 def _size_note(archs: list[str]) -> str:
     """The label suffix of a flat EM row whose K matches the parameter count of ``archs``."""
     return f" (about the parameters of {', '.join(archs)})" if archs else ""
-
-
-def _em_scorer(gmm) -> Callable:
-    """A fitted scikit-learn GMM's log-likelihood of images (N, H, W, C)."""
-    return lambda images: gmm.score_samples(_flat64(images))
 
 
 def _flat64(images: np.ndarray) -> np.ndarray:
