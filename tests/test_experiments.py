@@ -33,7 +33,7 @@ def test_experiment_all_writes_a_report_and_reruns_bit_for_bit(digit_data, tmp_p
     assert list(times) == ["outliers", "clustering", "sampling", "inpainting", "centroids"] and all(t > 0 for t in times.values())
     report = (tmp_path / "a" / "report.md").read_text()
     for heading in ("Outlier detection (Fig. 3)", "Clustering (Table II)", "Sampling (Figs. 4-7)", "In-painting", "Centroids (Fig. 2)",
-                    "EM flat K=4", "about as many parameters", "default (top-5"):
+                    "EM flat K=4", "about as many parameters", "default (top-5", "its own random subset of 400 training images"):
         assert heading in report
     for stage in times:
         folder = tmp_path / "a" / stage
@@ -53,6 +53,16 @@ def test_experiment_all_writes_a_report_and_reruns_bit_for_bit(digit_data, tmp_p
     Experiment(tmp_path / "b", [digit_data], _tiny_config(), progress=False, log=logged.append).run(["all"])
     for stage in times:
         assert (tmp_path / "a" / stage / "numbers.json").read_bytes() == (tmp_path / "b" / stage / "numbers.json").read_bytes(), stage
+
+
+def test_clustering_report_says_when_every_run_trains_on_all_images():
+    from dcgmm.experiments import _clustering_result
+
+    config = ExperimentConfig(reruns=1)
+    text = _clustering_result({}, config, 0.05, [60_000, 60_000]).markdown
+    assert "Each run trains" in text and "on all training images of all classes, 25 epochs" in text
+    config = ExperimentConfig(reruns=3, clustering_images=20_000)
+    assert "Each of the 3 reruns trains" in _clustering_result({}, config, 0.05, [60_000]).markdown
 
 
 def test_parameter_matched_flat_gmms_have_about_the_dcgmm_parameter_count(digit_data, tmp_path):

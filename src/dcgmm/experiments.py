@@ -104,11 +104,11 @@ class ExperimentConfig:
     outliers: tuple[int, ...] = (5, 6, 7, 8, 9)
     reruns: int = 1
     """Clustering reruns per architecture (seeds seed .. seed + reruns - 1); the paper has 10, which at the full
-    schedule would take ~7.5 h on 2 cores (each rerun of all architectures on both datasets: ~45 min)."""
+    schedule would take ~5.5 h on 2 cores (each rerun of all architectures on both datasets: 33 min in
+    docs/results.md)."""
     clustering_images: int = 60_000
     """Training images (all classes, a random subset drawn per rerun if the training set is larger) of each
-    clustering run: all of MNIST's and FashionMNIST's, as in the paper. On 20 000 images 3L-a uses 21 of its 49
-    top components on MNIST, the same number as on 30 000: fewer images do not leave it under-trained here."""
+    clustering run: all of MNIST's and FashionMNIST's, as in the paper."""
     clustering_epochs: int = 25
     clustering_window: int = 100
     """Annealing window (steps) of the clustering runs (100: the training default). Shorter schedules leave the
