@@ -19,8 +19,8 @@ Rows computed in the same run: the model's default sampler, real vs real, and fl
 parameter count of the DCGMM plus each sampler's extra parameters. 1000 samples against 1000 test images
 of classes 0-4, 100 k-means bins fitted on the training images (the protocol of benchmarks/sampling.py).
 
-Usage: python benchmarks/top_factors.py [--run runs/demo] [--dataset mnist]
-(trains 2L-c on classes 0-4, 25 epochs, seed 0, into --run when no model is there)
+Usage: python benchmarks/top_factors.py [--run runs/demo] [--dataset mnist] [--arch 2L-c]
+(trains --arch on classes 0-4, 25 epochs, seed 0, into --run when no model is there)
 """
 
 import argparse
@@ -89,7 +89,8 @@ def pooled(inputs, components, k_top, rank, n, rng) -> tuple[np.ndarray, int]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", default="runs/demo", help="model folder (2L-c trained on classes 0-4 if absent)")
+    parser.add_argument("--run", default="runs/demo", help="model folder (--arch trained on classes 0-4 if absent)")
+    parser.add_argument("--arch", default="2L-c", help="architecture trained when --run holds no model")
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--n", type=int, default=1000)
     args = parser.parse_args()
@@ -99,9 +100,11 @@ def main():
     if (run / "model.safetensors").exists():
         model = load_model(run)
     else:
-        model = DCGMM.from_spec("2L-c")
+        model = DCGMM.from_spec(args.arch, input_shape=train.shape[1:])
+        start = time.perf_counter()
         Trainer(model, TrainConfig(seed=0), train).fit(progress=False)
         save_model(model, run)
+        print(f"trained {model.spec} in {time.perf_counter() - start:.0f} s", flush=True)
     bins = Bins(train, 100, seed=0)
     reference = test[np.random.default_rng(0).choice(len(test), args.n, replace=False)]
     n_params = sum(p.numel() for p in model.parameters())
