@@ -720,8 +720,8 @@ def _clustering_result(numbers: dict, c: ExperimentConfig, reg: float, train_siz
         + " with the library's defaults from random initial values with its own seed on "
         + ("all training images" if c.clustering_images >= max(train_sizes) else
            f"its own random subset of {c.clustering_images} training images") + f" of all classes, {c.clustering_epochs} epochs with an annealing window "
-        f"of {c.clustering_window} steps (the paper: 10 reruns of 25 epochs on all 60 000 images; ten reruns do not fit "
-        "the time budget). 'worst' is the worst case over the reruns, as in the paper; "
+        f"of {c.clustering_window} steps (the paper: 10 reruns of 25 epochs on all 60 000 images"
+        + ("; ten reruns do not fit the 2-hour budget of `all` on 2 cores" if c.reruns < 10 else "") + "). 'worst' is the worst case over the reruns, as in the paper; "
         "'clusters used': how many of the top layer's components hold at least one evaluation image (range over the "
         f"reruns). EM rows: scikit-learn GaussianMixture, diagonal, reg_covar {reg:g}, k-means initialisation, the same "
         "training images and seeds; with the K of the DCGMMs' top layers and with about their parameter counts.",
