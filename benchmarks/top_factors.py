@@ -96,6 +96,8 @@ def main():
     args = parser.parse_args()
     train, _ = load_dataset(args.dataset, "train", CLASSES)
     test, _ = load_dataset(args.dataset, "test", CLASSES)
+    if not 1 <= args.n <= len(test):
+        parser.error(f"--n must be between 1 and {len(test)} (the test images of classes 0-4); got {args.n}")
     run = Path(args.run)
     if (run / "model.safetensors").exists():
         model = load_model(run)
