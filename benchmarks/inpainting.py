@@ -12,8 +12,9 @@ conditional-mean fill; nothing is tuned on the test images. Printed per case, an
   calibrated search);
 * mean squared error over the true square (pixels in [0, 1]) for: the located damage filled by the model; the
   paper's search and draw;
-  the true mask filled by the model; the training mean image pasted into the true square; the mean of the
-  5 training images nearest on the known pixels (kNN-5) pasted into the true square; the damaged input;
+  the true mask filled by the model; the conditional mean of a flat EM GMM with about the model's parameter count
+  given the true mask; the training mean image pasted into the true square; the mean of the 5 training images
+  nearest on the known pixels (kNN-5) pasted into the true square; the damaged input;
 * the error outside the square (the good pixels the search replaced pay for it there);
 * seconds for the located in-painting of the 1000 images.
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from dcgmm import DCGMM, TrainConfig, Trainer, load_dataset, load_model, save_model
-from dcgmm.baselines import iou, knn_fill, region_mse
+from dcgmm.baselines import flat_gmm, gmm_fill, iou, knn_fill, matched_components, region_mse
 from dcgmm.inpainting import inpaint, occlude
 from dcgmm.outliers import fit_statistics
 from dcgmm.plots import plot_inpainting
@@ -79,7 +80,11 @@ def main():
             print(f"{dataset} {arch}: model ready in {train_seconds:.0f} s; damage search calibrated at threshold "
                   f"{damage.threshold:.3f}, min size {damage.min_size} px, {damage.measured:.1%} of {damage.count} clean "
                   f"training images flagged", flush=True)
-            rows = {"calibration": damage.to_dict()}
+            k = matched_components(sum(p.numel() for p in model.parameters()), int(np.prod(train.shape[1:])))
+            start = time.perf_counter()
+            flat = flat_gmm(train, k)
+            print(f"  flat EM GMM K={k} (its parameter count) fitted in {time.perf_counter() - start:.0f} s", flush=True)
+            rows = {"calibration": damage.to_dict(), "flat_gmm_k": k}
             for fill, (damaged, masks) in cases.items():
                 start = time.perf_counter()
                 auto = inpaint(model, damaged)
@@ -92,6 +97,7 @@ def main():
                     "mse_located": region_mse(auto.images, clean, masks),
                     "mse_paper": region_mse(paper.images, clean, masks),
                     "mse_true_mask": region_mse(given.images, clean, masks),
+                    "mse_flat_gmm_true_mask": region_mse(gmm_fill(flat, damaged, masks), clean, masks),
                     **{f"mse_{k}": v for k, v in baselines[fill].items()},
                     "mse_outside_located": region_mse(auto.images, clean, ~masks),
                     "replaced_fraction": float(auto.masks.mean()),
@@ -101,7 +107,7 @@ def main():
                 rows[f"fill {fill}"] = row
                 print(f"  {fill}: IoU {row['iou']:.3f} (paper's search {row['iou_paper']:.3f}); MSE in the square: located "
                       f"{row['mse_located']:.4f}, paper's search and draw {row['mse_paper']:.4f}, true mask "
-                      f"{row['mse_true_mask']:.4f}, mean image {row['mse_mean_image']:.4f}, kNN-5 (true mask) "
+                      f"{row['mse_true_mask']:.4f}, flat EM GMM K={k} (true mask) {row['mse_flat_gmm_true_mask']:.4f}, mean image {row['mse_mean_image']:.4f}, kNN-5 (true mask) "
                       f"{row['mse_knn5_true_mask']:.4f}, damaged {row['mse_damaged']:.4f}; outside the square "
                       f"{row['mse_outside_located']:.4f}; {seconds:.1f} s for {len(damaged)} images", flush=True)
                 plot_inpainting(damaged[:16], auto.masks[:16], auto.images[:16],

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 
 from dcgmm import InputError
-from dcgmm.baselines import flat_gmm, gmm_scorer, iou, knn_fill, knn_scorer, matched_components, pca_scorer, region_mse, standardised
+from dcgmm.baselines import flat_gmm, gmm_fill, gmm_scorer, iou, knn_fill, knn_scorer, matched_components, pca_scorer, region_mse, standardised
 
 
 @pytest.fixture
@@ -72,6 +73,31 @@ def test_knn_fill_pastes_the_mean_of_the_nearest_on_the_known_pixels(split):
         np.testing.assert_array_equal(result[~mask], image[~mask])
     with pytest.raises(InputError, match="masks must have shape"):
         knn_fill(train, damaged, masks[:, :4])
+
+
+def test_gmm_fill_is_the_conditional_mean_given_the_known_pixels(split):
+    train, test = split
+    gmm = flat_gmm(train, 4, seed=0, max_iter=10)
+    masks = np.zeros(test.shape[:3], dtype=bool)
+    masks[:, 1:6, 2:5] = True
+    masks[0] = False  # nothing damaged: the image comes back as it is
+    damaged = np.where(masks[..., None], 0.5, test).astype(np.float32)
+    filled = gmm_fill(gmm, damaged, masks, chunk=7)
+    np.testing.assert_array_equal(filled[0], damaged[0])
+    for image, mask, result in zip(damaged[1:], masks[1:], filled[1:]):
+        known = ~mask.reshape(-1)
+        x = torch.as_tensor(image.reshape(-1)[known], dtype=torch.float64)
+        log_joint = torch.stack([
+            np.log(w) + torch.distributions.Normal(torch.as_tensor(m[known]), torch.as_tensor(np.sqrt(v[known]))).log_prob(x).sum()
+            for w, m, v in zip(gmm.weights_, gmm.means_, gmm.covariances_)
+        ])
+        expected = (torch.softmax(log_joint, 0).numpy() @ gmm.means_).reshape(image.shape)
+        np.testing.assert_allclose(result[mask], expected[mask], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(result[~mask], image[~mask])
+    with pytest.raises(InputError, match="masks must have shape"):
+        gmm_fill(gmm, damaged, masks[:, :4])
+    with pytest.raises(InputError, match="diagonal GMM fitted on 16 pixels"):
+        gmm_fill(gmm, damaged[:, :4, :4], masks[:, :4, :4])
 
 
 def test_iou_and_region_mse():

@@ -49,6 +49,7 @@ def test_experiment_all_writes_a_report_and_reruns_bit_for_bit(digit_data, tmp_p
     inpainting = json.loads((tmp_path / "a" / "inpainting" / "numbers.json").read_text())["digits"]
     for row in inpainting.values():
         assert 0.0 <= row["iou"] <= 1.0 and row["damaged"] > 0 and all(v >= 0 for v in row.values())
+        assert row["flat_gmm_k"] >= 1 and 0.0 < row["flat_gmm_true_mask"] < row["damaged"]  # the flat GMM's baseline fill
     # the same seed again: every number identical, byte for byte
     Experiment(tmp_path / "b", [digit_data], _tiny_config(), progress=False, log=logged.append).run(["all"])
     for stage in times:

@@ -7,6 +7,7 @@
 * :func:`standardised`: a score standardised by its mean and deviation on training images, so that the c of
   Eq. 6 means the same for every score;
 * :func:`knn_fill`: in-painting by the mean of the k training images nearest on the known pixels;
+* :func:`gmm_fill`: in-painting by a flat GMM's conditional mean of the damaged pixels given the known ones;
 * :func:`iou` and :func:`region_mse`: how well damage was located and repaired.
 
 Images are (N, H, W, C) arrays; they are flattened here.
@@ -117,6 +118,34 @@ def knn_fill(train, damaged, masks, k: int = 5, chunk: int = 250) -> np.ndarray:
         nearest = distances.topk(k, dim=1, largest=False).indices
         fill = t[nearest].mean(1).reshape(-1, *damaged.shape[1:]).numpy()
         filled[block] = np.where(m[..., None], fill, damaged[block])
+    return filled
+
+
+def gmm_fill(gmm, damaged, masks, chunk: int = 250) -> np.ndarray:
+    """Paste a flat diagonal GMM's conditional mean of the damaged pixels given the known ones into each mask.
+
+    ``gmm``: a fitted diagonal :class:`sklearn.mixture.GaussianMixture` (:func:`flat_gmm`) on the flattened
+    images. With diagonal covariances the missing pixels drop out of every component's density, so
+    ``E[x_missing | x_known] = sum_k p(k | x_known) mu_k`` with ``p(k | x_known)`` from the known pixels only.
+    ``damaged`` (M, H, W, C), ``masks`` bool (M, H, W) with True = damaged. Returns the filled images
+    (M, H, W, C), equal to ``damaged`` outside the masks.
+    """
+    damaged, masks = np.asarray(damaged), np.asarray(masks, dtype=bool)
+    if masks.shape != damaged.shape[:3]:
+        raise InputError(f"masks must have shape {damaged.shape[:3]} (one per image); got {masks.shape}")
+    if getattr(gmm, "covariance_type", None) != "diag" or gmm.means_.shape[1] != np.prod(damaged.shape[1:]):
+        raise InputError(f"gmm_fill needs a diagonal GMM fitted on {np.prod(damaged.shape[1:])} pixels (flat_gmm)")
+    mu, var = torch.as_tensor(gmm.means_, dtype=torch.float64), torch.as_tensor(gmm.covariances_, dtype=torch.float64)
+    log_w, tau = torch.log(torch.as_tensor(gmm.weights_, dtype=torch.float64)), 1.0 / var
+    per_dim = mu * mu * tau + torch.log(2 * np.pi * var)  # [K, D]
+    filled = damaged.copy()
+    for start in range(0, len(damaged), chunk):
+        block = slice(start, start + chunk)
+        x = torch.as_tensor(_flat(damaged[block]), dtype=torch.float64)
+        known = torch.as_tensor(np.repeat(~masks[block][..., None], damaged.shape[3], -1).reshape(len(x), -1), dtype=torch.float64)
+        log_joint = log_w - 0.5 * ((known * x * x) @ tau.T - 2 * (known * x) @ (mu * tau).T + known @ per_dim.T)  # [B, K]
+        fill = (torch.softmax(log_joint, dim=1) @ mu).reshape(-1, *damaged.shape[1:]).numpy()
+        filled[block] = np.where(masks[block][..., None], fill, damaged[block])
     return filled
 
 

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .baselines import flat_gmm, gmm_scorer, iou, knn_fill, knn_scorer, matched_components, pca_scorer, region_mse, standardised
+from .baselines import flat_gmm, gmm_fill, gmm_scorer, iou, knn_fill, knn_scorer, matched_components, pca_scorer, region_mse, standardised
 from .checkpoint import atomic_write_text
 from .data import load_dataset
 from .errors import InputError
@@ -566,6 +566,8 @@ class Experiment:
             train, clean = data.images("train", c.inliers), data.images("test", c.inliers)[: c.inpainting_images]
             mean_image = train.mean(0)
             numbers[data.name] = {}
+            matched = {arch: k for k, archs in self.em_sizes(c.inpainting_archs, tuple(train.shape[1:]), [c.em_components]).items()
+                       for arch in archs}
             for fill in fills:
                 damaged, masks = occlude(clean, size=c.inpainting_square, fill=fill, seed=c.seed + 2)
                 baselines = {
@@ -582,12 +584,14 @@ class Experiment:
                     given = inpaint(model, damaged, mask=masks)
                     given_draw = inpaint(model, damaged, mask=masks, fill="sample", generator=draw())
                     paper = inpaint(model, damaged, locate="outliers", fill="sample", generator=draw())
+                    flat = self.em(train, matched[arch], c.seed, c.em_reg_covar[-1], cache_key=(data.name, "inliers"))
                     row = {"iou": iou(located.masks, masks), "iou_paper": iou(paper.masks, masks),
                            "located_mean": region_mse(located.images, clean, masks),
                            "located_sample": region_mse(located_draw.images, clean, masks),
                            "true_mask_mean": region_mse(given.images, clean, masks),
                            "true_mask_sample": region_mse(given_draw.images, clean, masks),
-                           "paper": region_mse(paper.images, clean, masks), **baselines,
+                           "paper": region_mse(paper.images, clean, masks), "flat_gmm_k": matched[arch],
+                           "flat_gmm_true_mask": region_mse(gmm_fill(flat, damaged, masks), clean, masks), **baselines,
                            "outside": region_mse(located.images, clean, ~masks)}
                     numbers[data.name][f"{arch}, {fill}"] = row
                     what = "noise" if fill == "noise" else f"grey {fill:g}"
@@ -602,7 +606,8 @@ class Experiment:
                     bar.update()
         bar.close()
         header = ["dataset", "model", "squares", "IoU ↑", "IoU, paper's search", "located, mean fill ↓", "located, draw",
-                  "true mask, mean fill", "true mask, draw", "paper's search + draw", "mean image", "kNN-5 (true mask)",
+                  "true mask, mean fill", "true mask, draw", "paper's search + draw", "flat EM GMM of its size (true mask)",
+                  "mean image", "kNN-5 (true mask)",
                   "damaged input", "outside the square ↓"]
         md = [
             "## In-painting (Sec. III-B5, and beyond)",
@@ -612,7 +617,8 @@ class Experiment:
             "0.5. `inpaint` with its defaults finds the damage itself (the calibrated search) and fills it with the "
             "conditional mean; 'draw' is the paper's one sample (Eq. 10) in the same region; 'paper's search' is Eq. 6 "
             "(c = 1, coverage 0.75). IoU of the located region with the true square; mean squared error over the true "
-            "square (pixels in [0, 1]) for each fill, beside pasting the training mean image and the mean of the 5 "
+            "square (pixels in [0, 1]) for each fill, beside the conditional mean of a flat EM GMM with about the model's "
+            "parameter count (given the true mask), pasting the training mean image and the mean of the 5 "
             "training images nearest on the known pixels (kNN-5, given the true mask); the last column is the error "
             "outside the square (good pixels the search replaced).",
             "",
@@ -670,8 +676,8 @@ def _slug(arch: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in arch).strip("_")
 
 
-_INPAINTING_COLUMNS = ("located_mean", "located_sample", "true_mask_mean", "true_mask_sample", "paper", "mean_image",
-                       "knn5_true_mask", "damaged", "outside")
+_INPAINTING_COLUMNS = ("located_mean", "located_sample", "true_mask_mean", "true_mask_sample", "paper", "flat_gmm_true_mask",
+                       "mean_image", "knn5_true_mask", "damaged", "outside")
 
 
 def _size_note(archs: list[str]) -> str:
