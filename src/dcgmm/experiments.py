@@ -9,11 +9,12 @@ Stages (``dcgmm experiment NAME``; ``all`` runs them in this order and trains sh
   with different seeds; worst case (as in the paper) and mean +- std.
 * ``sampling``   Figs. 4-7: the default sampler and the paper's top-1 across architectures, top-S, sharpening;
   NDB/JS against held-out data, and near-duplicates.
-* ``inpainting`` located damage and both fills (conditional mean, one draw) against the mean image and kNN-5.
+* ``inpainting`` located damage and both fills (conditional mean, one draw) against a flat EM GMM's conditional
+  mean, the mean image and kNN-5.
 * ``centroids``  Fig. 2: the centroids of both GMM layers of 2L-a, and samples with one top component fixed.
 
 Every table has flat-GMM rows fitted by EM (scikit-learn ``GaussianMixture``, diagonal): with the same K, and
-with about the parameter count of each DCGMM (:func:`dcgmm.baselines.matched_components`). Each
+with about the parameter count of each DCGMM (:func:`dcgmm.baselines.matched_components`; in-painting has only this one). Each
 stage writes ``<out>/<stage>/``: ``section.md`` (its part of the report), ``numbers.json`` (every number,
 nothing that depends on the clock: rerunning with the same seed gives the same file), ``times.json``,
 ``*.csv`` tables and PNG figures; ``<out>/report.md`` is rebuilt from all stages present after each stage.
