@@ -40,7 +40,7 @@ CLASSES = [0, 1, 2, 3, 4]
 SETTINGS = [
     (f"default (top-{DEFAULT_TOP_S}, noise {DEFAULT_NOISE}, control noise {DEFAULT_CONTROL_NOISE})", dict()),
     ("top-1, no noise (the paper's, unsharpened)", dict(top_s=1, noise=0.0, control_noise=0.0)),
-    (f"top-{DEFAULT_TOP_S}, noise {DEFAULT_NOISE} at every GMM layer (the earlier default)", dict(control_noise=0.25)),
+    (f"top-{DEFAULT_TOP_S}, noise 0.25 at every GMM layer (an earlier default)", dict(noise=0.25, control_noise=0.25)),
     ("top-2, noise 0.25 at every GMM layer", dict(top_s=2, noise=0.25, control_noise=0.25)),
     ("top-all, no noise", dict(top_s=None, noise=0.0, control_noise=0.0)),
 ]
