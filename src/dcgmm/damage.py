@@ -16,10 +16,14 @@ above*:
    wide, so the thin strokes where a digit departs from the top layer's prototype drop out.
 4. Repair, compare, re-locate: the area found is left out of the top layer's posterior, steps 1-3 run again
    on that cleaner prediction, and a pixel is damaged where both rounds agree (:func:`locate_damage`).
+5. A constant patch: when at least half of the area found has one value (a blank-out, a sticker; one of
+   :data:`VALUE_BINS` bins over the image's value range), pixels whose value is rare in the area (their bin
+   holds less than :data:`RARE_VALUE` of the dominant bin's count) are strokes of the image that touch the
+   patch, not part of it, and are dropped (:func:`drop_rare_values`); the opening of step 3 runs again.
 
 The threshold is calibrated on the model's own clean training images (:func:`calibrate`, run by
 :func:`dcgmm.outliers.fit_statistics`): the largest threshold at which at most ``false_alarm`` of clean images
-get any pixel flagged. It is saved with the outlier statistics.
+get any pixel flagged by steps 1-4 (step 5 only drops pixels). It is saved with the outlier statistics.
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ CLOSING = 3
 """Side of the square that closes holes in the candidate pixels before the opening."""
 CALIBRATION_IMAGES = 2000
 """At most this many training images calibrate the threshold."""
+VALUE_BINS = 10
+"""Bins over an image's value range in which :func:`drop_rare_values` counts the values of the area found."""
+DOMINANT_VALUE = 0.5
+"""An area found is a constant patch when at least this fraction of its pixels fall in one value bin."""
+RARE_VALUE = 0.3
+"""In a constant patch, pixels whose value bin holds less than this fraction of the dominant bin's count are dropped."""
 _ELEMENTS = 2**24
 """Bound on the (windows x components x dimensions) elements :func:`pixel_evidence` holds at a time."""
 
@@ -147,14 +157,26 @@ def clean_up(candidates: torch.Tensor, min_size: int) -> torch.Tensor:
     return _dilate(_erode(closed, min_size, outside=False), min_size)
 
 
-@torch.no_grad()
-def locate_damage(model, x: torch.Tensor, calibration: DamageCalibration, evidence: torch.Tensor | None = None) -> torch.Tensor:
-    """Damaged pixels of images ``x`` (N, H, W, C): bool (N, H, W). See the module docstring.
+def drop_rare_values(found: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Step 5 of the module docstring: in an area found that is a constant patch, drop the pixels of rare values.
 
-    Two rounds: the pixels found in the first are left out of the top layer's posterior, the evidence is
-    computed again from that cleaner prediction, and a pixel is damaged if both rounds say so.
-    ``evidence``: the first round's :func:`pixel_evidence` of ``x``, if already computed.
+    ``found``: bool (N, H, W); ``x``: the images (N, H, W, C), compared by their mean over channels. An image
+    whose area has no value bin with :data:`DOMINANT_VALUE` of its pixels (noise, say) keeps its area as it is.
+    Returns bool (N, H, W), a subset of ``found``.
     """
+    values = x.mean(-1).flatten(1)  # [N, H*W]
+    low, high = values.amin(1, keepdim=True), values.amax(1, keepdim=True)
+    bins = ((values - low) / (high - low).clamp_min(1e-12) * VALUE_BINS).long().clamp_(0, VALUE_BINS - 1)
+    inside = found.flatten(1)
+    counts = torch.zeros(len(x), VALUE_BINS, device=x.device).scatter_add_(1, bins, inside.to(torch.float32))
+    top = counts.amax(1, keepdim=True)
+    constant = top >= DOMINANT_VALUE * counts.sum(1, keepdim=True).clamp_min(1)
+    rare = (counts.gather(1, bins) < RARE_VALUE * top) & constant
+    return (inside & ~rare).reshape(found.shape)
+
+
+def _two_rounds(model, x: torch.Tensor, calibration: DamageCalibration, evidence: torch.Tensor | None) -> torch.Tensor:
+    """Steps 1-4 of the module docstring: bool (N, H, W)."""
     evidence = pixel_evidence(model, x) if evidence is None else evidence
     first = clean_up(evidence < calibration.threshold, calibration.min_size)
     found = first.flatten(1).any(1)
@@ -164,6 +186,20 @@ def locate_damage(model, x: torch.Tensor, calibration: DamageCalibration, eviden
     return first
 
 
+@torch.no_grad()
+def locate_damage(model, x: torch.Tensor, calibration: DamageCalibration, evidence: torch.Tensor | None = None) -> torch.Tensor:
+    """Damaged pixels of images ``x`` (N, H, W, C): bool (N, H, W). See the module docstring.
+
+    Two rounds: the pixels found in the first are left out of the top layer's posterior, the evidence is
+    computed again from that cleaner prediction, and a pixel is damaged if both rounds say so. In a constant
+    patch, pixels of values rare in it are then dropped (:func:`drop_rare_values`) and the opening runs again.
+    ``evidence``: the first round's :func:`pixel_evidence` of ``x``, if already computed.
+    """
+    found = _two_rounds(model, x, calibration, evidence)
+    kept = drop_rare_values(found, x)
+    return clean_up(kept, calibration.min_size) & kept
+
+
 def _flagged_images(model, images: torch.Tensor, evidence: torch.Tensor, threshold: float, min_size: int,
                     batch_size: int) -> float:
     calibration = DamageCalibration(threshold, min_size, 0.0, 0.0, 0)
@@ -171,7 +207,7 @@ def _flagged_images(model, images: torch.Tensor, evidence: torch.Tensor, thresho
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(model.device)
         e = evidence[start : start + batch_size].to(model.device)
-        flagged += int(locate_damage(model, x, calibration, e).flatten(1).any(1).sum())
+        flagged += int(_two_rounds(model, x, calibration, e).flatten(1).any(1).sum())
     return flagged / len(images)
 
 
@@ -179,7 +215,8 @@ def _flagged_images(model, images: torch.Tensor, evidence: torch.Tensor, thresho
 def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size: int | None = None,
               batch_size: int = 500) -> DamageCalibration:
     """The largest evidence threshold at which at most ``false_alarm`` of the clean ``images`` (N, H, W, C)
-    get any pixel flagged by :func:`locate_damage`; the first :data:`CALIBRATION_IMAGES` images are used.
+    get any pixel flagged by the two rounds of :func:`locate_damage` (its last step only drops pixels, so the
+    search as a whole flags at most that fraction); the first :data:`CALIBRATION_IMAGES` images are used.
 
     Candidate thresholds are the evidence quantiles 0.001, 0.002, ... 0.5 of the clean pixels; a bisection
     over them finds the largest admissible one (the flagged fraction grows with the threshold; the second
