@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dcgmm import DCGMM, InputError, load_model, save_model
-from dcgmm.damage import _two_rounds, calibrate, clean_up, default_min_size, drop_rare_values, locate_damage, pixel_evidence
+from dcgmm.damage import _two_rounds, calibrate, clean_up, default_min_size, drop_rare_values, drop_smooth_pixels, locate_damage, pixel_evidence, roughness
 from dcgmm.inpainting import inpaint, occlude
 from dcgmm.outliers import fit_statistics
 
@@ -69,6 +69,33 @@ def test_a_constant_patch_drops_the_strokes_that_touch_it_and_noise_keeps_its_ar
     expected[0, 7] = False  # 8 stroke pixels (value 1) against the patch's 48 (< 0.3 x 48): rare in it
     assert torch.equal(kept, expected)
     assert torch.equal(drop_rare_values(torch.zeros_like(found), images), torch.zeros_like(found))
+
+
+def test_roughness_equals_a_naive_computation():
+    x = torch.rand(2, 6, 7, 2, generator=torch.Generator().manual_seed(0)) * 3.0
+    v = x.mean(-1).numpy()
+    expected = np.zeros((2, 6, 7))
+    for n in range(2):
+        padded = np.pad(v[n], 1, mode="edge")
+        residual = np.array([[abs(v[n, i, j] - np.sort(padded[i : i + 3, j : j + 3].ravel())[4]) for j in range(7)] for i in range(6)])
+        padded = np.pad(residual, 1, mode="edge")
+        expected[n] = [[padded[i : i + 3, j : j + 3].mean() for j in range(7)] for i in range(6)]
+        expected[n] /= v[n].max() - v[n].min()
+    np.testing.assert_allclose(roughness(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_noise_patch_drops_the_smooth_strokes_that_touch_it_and_a_smooth_area_is_kept():
+    images = torch.zeros(2, 16, 16, 1)
+    images[:, 3:8, 2:14] = 1.0  # a thick stroke
+    images[0, 8:15, 4:12] = torch.rand(7, 8, 1, generator=torch.Generator().manual_seed(1))  # image 0: noise
+    images[1, 8:15, 4:12] = 0.5  # image 1: a constant patch, smooth everywhere
+    found = torch.zeros(2, 16, 16, dtype=torch.bool)
+    found[:, 4:15, 4:12] = True  # the patch and four stroke rows above it
+    kept = drop_smooth_pixels(found, images)
+    assert torch.equal(kept[1], found[1])
+    assert not kept[0, 4:7].any()  # the stroke's smooth rows, away from the noise
+    assert kept[0, 9:14, 4:12].all()  # the noise patch
+    assert torch.equal(kept & ~found, torch.zeros_like(found))
 
 
 def test_calibration_gives_the_stated_false_alarm_rate_on_clean_images(trained, digits):

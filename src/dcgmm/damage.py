@@ -16,10 +16,13 @@ above*:
    wide, so the thin strokes where a digit departs from the top layer's prototype drop out.
 4. Repair, compare, re-locate: the area found is left out of the top layer's posterior, steps 1-3 run again
    on that cleaner prediction, and a pixel is damaged where both rounds agree (:func:`locate_damage`).
-5. A constant patch: when at least half of the area found has one value (a blank-out, a sticker; one of
-   :data:`VALUE_BINS` bins over the image's value range), pixels whose value is rare in the area (their bin
-   holds less than :data:`RARE_VALUE` of the dominant bin's count) are strokes of the image that touch the
-   patch, not part of it, and are dropped (:func:`drop_rare_values`); the opening of step 3 runs again.
+5. A corruption model: the area found is a patch with statistics of its own, and pixels that do not share
+   them are strokes of the image that touch the patch. A constant patch (a blank-out, a sticker): at least
+   half of the area has one value (one of :data:`VALUE_BINS` bins over the image's value range); pixels whose
+   value is rare in it (their bin holds less than :data:`RARE_VALUE` of the dominant bin's count) are
+   dropped (:func:`drop_rare_values`). A noise patch: the area's median :func:`roughness` is at least
+   :data:`NOISY_PATCH`; pixels less than :data:`SMOOTH` times as rough are dropped (:func:`drop_smooth_pixels`).
+   The opening of step 3 then runs again.
 
 The threshold is calibrated on the model's own clean training images (:func:`calibrate`, run by
 :func:`dcgmm.outliers.fit_statistics`): the largest threshold at which at most ``false_alarm`` of clean images
@@ -51,6 +54,10 @@ DOMINANT_VALUE = 0.5
 """An area found is a constant patch when at least this fraction of its pixels fall in one value bin."""
 RARE_VALUE = 0.3
 """In a constant patch, pixels whose value bin holds less than this fraction of the dominant bin's count are dropped."""
+NOISY_PATCH = 0.1
+"""An area found is a noise patch when its median :func:`roughness` is at least this (in units of the image's value range)."""
+SMOOTH = 0.25
+"""In a noise patch, pixels with less than this fraction of the area's median roughness are dropped."""
 _ELEMENTS = 2**24
 """Bound on the (windows x components x dimensions) elements :func:`pixel_evidence` holds at a time."""
 
@@ -186,17 +193,42 @@ def _two_rounds(model, x: torch.Tensor, calibration: DamageCalibration, evidence
     return first
 
 
+def roughness(x: torch.Tensor) -> torch.Tensor:
+    """Local roughness of images ``x`` (N, H, W, C): ``|v - median of v's 3x3 neighbourhood|`` of the mean ``v``
+    over channels, averaged over 3x3 and divided by the image's value range; edges replicated. -> (N, H, W)."""
+    v = x.mean(-1)[:, None]  # [N, 1, H, W]
+    span = (v.amax((1, 2, 3)) - v.amin((1, 2, 3))).clamp_min(1e-12)[:, None, None]
+    neighbours = F.unfold(F.pad(v, (1, 1, 1, 1), mode="replicate"), 3).reshape(len(v), 9, *v.shape[2:])
+    residual = (v - neighbours.median(1, keepdim=True).values).abs()
+    return F.avg_pool2d(F.pad(residual, (1, 1, 1, 1), mode="replicate"), 3, 1)[:, 0] / span
+
+
+def drop_smooth_pixels(found: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Step 5 of the module docstring: in an area found that is a noise patch, drop the smooth pixels.
+
+    ``found``: bool (N, H, W); ``x``: the images (N, H, W, C). An area whose median :func:`roughness` is
+    below :data:`NOISY_PATCH` is kept as it is. Returns bool (N, H, W), a subset of ``found``.
+    """
+    rough = roughness(x).flatten(1)
+    inside = found.flatten(1)
+    typical = torch.where(inside, rough, torch.nan).nanmedian(1, keepdim=True).values  # NaN: nothing found
+    smooth = (rough < SMOOTH * typical) & (typical >= NOISY_PATCH)
+    return (inside & ~smooth).reshape(found.shape)
+
+
 @torch.no_grad()
 def locate_damage(model, x: torch.Tensor, calibration: DamageCalibration, evidence: torch.Tensor | None = None) -> torch.Tensor:
     """Damaged pixels of images ``x`` (N, H, W, C): bool (N, H, W). See the module docstring.
 
     Two rounds: the pixels found in the first are left out of the top layer's posterior, the evidence is
-    computed again from that cleaner prediction, and a pixel is damaged if both rounds say so. In a constant
-    patch, pixels of values rare in it are then dropped (:func:`drop_rare_values`) and the opening runs again.
+    computed again from that cleaner prediction, and a pixel is damaged if both rounds say so. Then pixels
+    that do not share the area's statistics are dropped — values rare in a constant patch
+    (:func:`drop_rare_values`), smooth pixels in a noise patch (:func:`drop_smooth_pixels`) — and the opening
+    runs again.
     ``evidence``: the first round's :func:`pixel_evidence` of ``x``, if already computed.
     """
     found = _two_rounds(model, x, calibration, evidence)
-    kept = drop_rare_values(found, x)
+    kept = drop_smooth_pixels(drop_rare_values(found, x), x)
     return clean_up(kept, calibration.min_size) & kept
 
 
