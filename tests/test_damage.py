@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from dcgmm import DCGMM, InputError, load_model, save_model
-from dcgmm.damage import _two_rounds, calibrate, clean_up, default_min_size, drop_rare_values, drop_smooth_pixels, locate_damage, pixel_evidence, roughness
+from dcgmm.damage import (
+    DamageCalibration, _search, calibrate, check_calibration, clean_up, default_min_size, drop_rare_values, drop_smooth_pixels,
+    flat_patches, flat_threshold, flat_window_evidence, locate_damage, pixel_evidence, roughness,
+)
 from dcgmm.inpainting import inpaint, occlude
 from dcgmm.outliers import fit_statistics
 
@@ -98,6 +101,69 @@ def test_a_noise_patch_drops_the_smooth_strokes_that_touch_it_and_a_smooth_area_
     assert torch.equal(kept & ~found, torch.zeros_like(found))
 
 
+def naive_flat_window_evidence(image: np.ndarray, evidence: np.ndarray, size: int) -> np.ndarray:
+    """One image (H, W, C) by loops: the mean evidence of each flat window not of the border's most common value."""
+    v = image.mean(-1)
+    low, span = v.min(), max(v.max() - v.min(), 1e-12)
+    border = np.concatenate([v[0], v[-1], v[1:-1, 0], v[1:-1, -1]])
+    counts = np.bincount(np.minimum(((border - low) / span * 100).astype(int), 99), minlength=100)
+    common = low + (counts.argmax() + 0.5) / 100 * span
+    h, w = v.shape
+    out = np.full((h - size + 1, w - size + 1), np.inf)
+    for i in range(h - size + 1):
+        for j in range(w - size + 1):
+            window = v[i : i + size, j : j + size]
+            if window.max() - window.min() <= 0.01 * span and abs(window.mean() - common) > 0.01 * span:
+                out[i, j] = evidence[i : i + size, j : j + size].mean()
+    return out
+
+
+def test_flat_window_evidence_equals_a_naive_computation():
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(3, 12, 13, 2)
+    x[:, 2:6, 1:9] = torch.rand(3, 4, 8, 2, generator=g)  # texture
+    x[0, 5:11, 4:10] = 0.5  # image 0: a constant patch on the texture and the black background
+    x[1, 6:12, 0:7] = torch.tensor([0.3, 0.7])  # image 1: constant after the mean over channels
+    x[2] += 1.0  # image 2: the most common value is 1 now, the windows of 1 are background
+    evidence = torch.randn(3, 12, 13, generator=g)
+    fast = flat_window_evidence(x, evidence, 3)
+    naive = np.stack([naive_flat_window_evidence(x[n].numpy(), evidence[n].numpy(), 3) for n in range(3)])
+    assert fast.shape == (3, 10, 11)
+    assert np.array_equal(np.isinf(fast.numpy()), np.isinf(naive))
+    assert np.isfinite(naive[0]).sum() == 16 and np.isfinite(naive[1]).sum() == 20 and np.isfinite(naive[2]).sum() == 0
+    np.testing.assert_allclose(fast.numpy()[np.isfinite(naive)], naive[np.isfinite(naive)], rtol=1e-5, atol=1e-6)
+
+
+def test_flat_patches_are_the_whole_constant_patch_and_only_where_the_evidence_is_low():
+    x = torch.rand(2, 16, 16, 1, generator=torch.Generator().manual_seed(1))  # texture everywhere
+    x[:, 4:11, 3:9] = 0.5  # a constant 7x6 patch
+    evidence = torch.zeros(2, 16, 16)
+    evidence[1, 4:11, 3:9] = 2.0  # image 1: the model finds the patch probable
+    found = flat_patches(x, evidence, 1.0, 5)
+    expected = torch.zeros(16, 16, dtype=torch.bool)
+    expected[4:11, 3:9] = True
+    assert torch.equal(found[0], expected) and not found[1].any()
+    assert not flat_patches(x, evidence, None, 5).any()  # statistics from before step 6
+
+
+def test_the_flat_threshold_allows_the_stated_share_of_images():
+    lowest = torch.tensor([math.inf, 0.5, 0.1, math.inf, 0.2])
+    assert flat_threshold(lowest, 0.2) == pytest.approx(0.2)  # one image of five (0.1) lies below
+    assert flat_threshold(lowest, 0.0) == pytest.approx(0.1)  # none below
+    assert flat_threshold(lowest, 0.6) == math.inf  # only three images have a flat window at all
+    assert flat_threshold(torch.full((4,), math.inf), 0.1) == math.inf
+
+
+def test_statistics_from_before_the_flat_search_still_search_and_say_so(trained):
+    model, _ = trained
+    old = model.statistics.damage.to_dict()
+    del old["flat_threshold"]
+    calibration = DamageCalibration.from_dict(old)
+    assert calibration.flat_threshold is None
+    with pytest.warns(UserWarning, match="flat patches"):
+        check_calibration(model, calibration)
+
+
 def test_calibration_gives_the_stated_false_alarm_rate_on_clean_images(trained, digits):
     model, train = trained
     images, labels = digits
@@ -105,17 +171,21 @@ def test_calibration_gives_the_stated_false_alarm_rate_on_clean_images(trained, 
     calibration = calibrate(model, held_out[:150], false_alarm=0.2)
     assert calibration.min_size == default_min_size(model) == 3 and calibration.count == 150
     assert calibration.measured <= 0.2  # the largest admissible threshold on the calibration images
+    assert calibration.flat_threshold is not None
     rest = torch.as_tensor(held_out[150:])
-    two_rounds = float(_two_rounds(model, rest, calibration, None).flatten(1).any(1).float().mean())
+    found, flat = _search(model, rest, calibration, None)
+    searched = float((found | flat).flatten(1).any(1).float().mean())
     tolerance = 3 * math.sqrt(0.2 * 0.8 / 150) + 0.05  # binomial spread of both halves + the threshold grid
-    assert abs(two_rounds - 0.2) < tolerance
+    assert abs(searched - 0.2) < tolerance
     flagged = float(locate_damage(model, rest, calibration).flatten(1).any(1).float().mean())
-    assert flagged <= two_rounds  # the last step only drops pixels
+    assert flagged <= searched  # the last step only drops pixels
     assert calibrate(model, held_out[:150], false_alarm=0.0).measured == 0.0
     with pytest.raises(InputError, match="false_alarm"):
         calibrate(model, held_out, false_alarm=1.5)
     with pytest.raises(InputError, match="odd"):
         calibrate(model, held_out, min_size=4)
+    with pytest.raises(InputError, match="larger than the images"):
+        calibrate(model, held_out, min_size=9)
 
 
 def test_the_search_finds_constant_squares_better_than_the_papers_maps(trained, digits):

@@ -23,15 +23,25 @@ above*:
    dropped (:func:`drop_rare_values`). A noise patch: the area's median :func:`roughness` is at least
    :data:`NOISY_PATCH`; pixels less than :data:`SMOOTH` times as rough are dropped (:func:`drop_smooth_pixels`).
    The opening of step 3 then runs again.
+6. Flat patches: a constant patch that lies on a part of the image with values like its own (a grey square
+   on a grey garment) is plausible pixel by pixel, but not as a whole. Every ``min_size`` x ``min_size``
+   window whose values span at most :data:`FLAT_RANGE` of the image's value range, that is not of the
+   image's most common value (its background), and whose mean evidence is below a second threshold is
+   damage, all its pixels (:func:`flat_patches`). Clean MNIST and FashionMNIST images almost never have such
+   a window, so that threshold is mostly +inf. The pixels of such windows are also left out of the second
+   round's posterior in step 4.
 
-The threshold is calibrated on the model's own clean training images (:func:`calibrate`, run by
-:func:`dcgmm.outliers.fit_statistics`): the largest threshold at which at most ``false_alarm`` of clean images
-get any pixel flagged by steps 1-4 (step 5 only drops pixels). It is saved with the outlier statistics.
+Both thresholds are calibrated on the model's own clean training images (:func:`calibrate`, run by
+:func:`dcgmm.outliers.fit_statistics`): first the flat-patch threshold, so that at most :data:`FLAT_SHARE` of
+``false_alarm`` of clean images get a flat patch; then the largest evidence threshold at which at most
+``false_alarm`` of clean images get any pixel flagged by steps 1-4 and 6 together (step 5 only drops
+pixels). They are saved with the outlier statistics.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -58,6 +68,10 @@ NOISY_PATCH = 0.1
 """An area found is a noise patch when its median :func:`roughness` is at least this (in units of the image's value range)."""
 SMOOTH = 0.25
 """In a noise patch, pixels with less than this fraction of the area's median roughness are dropped."""
+FLAT_RANGE = 0.01
+"""A window is flat when its values (mean over channels) span at most this fraction of the image's value range."""
+FLAT_SHARE = 0.2
+"""Share of the false-alarm budget that the flat-patch threshold may use (step 6 of the module docstring)."""
 _ELEMENTS = 2**24
 """Bound on the (windows x components x dimensions) elements :func:`pixel_evidence` holds at a time."""
 
@@ -76,14 +90,19 @@ class DamageCalibration:
     """The fraction of the calibration images that got one at ``threshold``."""
     count: int
     """Number of calibration images."""
+    flat_threshold: float | None = None
+    """Flat windows that are not background with mean evidence (nats) below this are damage (step 6); +inf
+    when too few calibration images had one to set a bound; None in statistics computed before step 6
+    existed, which search without it."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "DamageCalibration":
+        flat = values.get("flat_threshold")
         return cls(float(values["threshold"]), int(values["min_size"]), float(values["false_alarm"]),
-                   float(values["measured"]), int(values["count"]))
+                   float(values["measured"]), int(values["count"]), None if flat is None else float(flat))
 
 
 def default_min_size(model) -> int:
@@ -182,15 +201,52 @@ def drop_rare_values(found: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (inside & ~rare).reshape(found.shape)
 
 
-def _two_rounds(model, x: torch.Tensor, calibration: DamageCalibration, evidence: torch.Tensor | None) -> torch.Tensor:
-    """Steps 1-4 of the module docstring: bool (N, H, W)."""
+def flat_window_evidence(x: torch.Tensor, evidence: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean evidence of every flat ``size`` x ``size`` window of images ``x`` (N, H, W, C) that is not
+    background; +inf for the other windows.
+
+    A window is flat when its values (the mean over channels) span at most :data:`FLAT_RANGE` of the image's
+    value range; it is background when its mean lies within :data:`FLAT_RANGE` of the range from the most
+    common value of the image's outermost pixels (the fullest of ``1 / FLAT_RANGE`` bins over the image's
+    range; the black around a digit), which a patch inside the image does not change.
+    ``evidence``: (N, H, W), :func:`pixel_evidence`. Returns (N, H - size + 1, W - size + 1), indexed by the
+    window's top-left pixel.
+    """
+    v = x.mean(-1)[:, None]  # [N, 1, H, W]
+    low = v.amin((1, 2, 3))
+    span = (v.amax((1, 2, 3)) - low).clamp_min(1e-12)
+    bins = round(1 / FLAT_RANGE)
+    frame = torch.cat([v[:, 0, 0], v[:, 0, -1], v[:, 0, 1:-1, 0], v[:, 0, 1:-1, -1]], 1)  # [N, 2W + 2H - 4]
+    index = ((frame - low[:, None]) / span[:, None] * bins).long().clamp_(0, bins - 1)
+    counts = torch.zeros(len(v), bins, device=v.device).scatter_add_(1, index, torch.ones_like(frame))
+    common = low + (counts.argmax(1) + 0.5) / bins * span  # [N]
+    span, common = span[:, None, None], common[:, None, None]
+    spread = (F.max_pool2d(v, size, 1) + F.max_pool2d(-v, size, 1))[:, 0] / span
+    background = (F.avg_pool2d(v, size, 1)[:, 0] - common).abs() <= FLAT_RANGE * span
+    mean = F.avg_pool2d(evidence[:, None], size, 1)[:, 0]
+    return torch.where((spread <= FLAT_RANGE) & ~background, mean, torch.inf)
+
+
+def flat_patches(x: torch.Tensor, evidence: torch.Tensor, threshold: float | None, size: int) -> torch.Tensor:
+    """Step 6 of the module docstring: the pixels of flat ``size`` x ``size`` windows whose mean evidence is
+    below ``threshold`` (None: none). ``x`` (N, H, W, C), ``evidence`` (N, H, W) -> bool (N, H, W)."""
+    if threshold is None:
+        return torch.zeros(evidence.shape, dtype=torch.bool, device=evidence.device)
+    hit = (flat_window_evidence(x, evidence, size) < threshold).to(torch.float32)[:, None]
+    covered = F.max_pool2d(F.pad(hit, (size - 1,) * 4), size, 1)  # any window over the pixel
+    return covered[:, 0] > 0.5
+
+
+def _search(model, x: torch.Tensor, calibration: DamageCalibration, evidence: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1-4 and 6 of the module docstring: the two rounds' area and the flat patches, bool (N, H, W) each."""
     evidence = pixel_evidence(model, x) if evidence is None else evidence
+    flat = flat_patches(x, evidence, calibration.flat_threshold, calibration.min_size)
     first = clean_up(evidence < calibration.threshold, calibration.min_size)
     found = first.flatten(1).any(1)
     if found.any():
-        again = pixel_evidence(model, x[found], missing=first[found])
+        again = pixel_evidence(model, x[found], missing=(first | flat)[found])
         first[found] &= clean_up(again < calibration.threshold, calibration.min_size)
-    return first
+    return first, flat
 
 
 def roughness(x: torch.Tensor) -> torch.Tensor:
@@ -227,28 +283,45 @@ def locate_damage(model, x: torch.Tensor, calibration: DamageCalibration, eviden
     runs again.
     ``evidence``: the first round's :func:`pixel_evidence` of ``x``, if already computed.
     """
-    found = _two_rounds(model, x, calibration, evidence)
+    found, flat = _search(model, x, calibration, evidence)
     kept = drop_smooth_pixels(drop_rare_values(found, x), x)
-    return clean_up(kept, calibration.min_size) & kept
+    return (clean_up(kept, calibration.min_size) & kept) | flat
 
 
-def _flagged_images(model, images: torch.Tensor, evidence: torch.Tensor, threshold: float, min_size: int,
+def _flagged_images(model, images: torch.Tensor, evidence: torch.Tensor, calibration: DamageCalibration,
                     batch_size: int) -> float:
-    calibration = DamageCalibration(threshold, min_size, 0.0, 0.0, 0)
     flagged = 0
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(model.device)
         e = evidence[start : start + batch_size].to(model.device)
-        flagged += int(_two_rounds(model, x, calibration, e).flatten(1).any(1).sum())
+        found, flat = _search(model, x, calibration, e)
+        flagged += int((found | flat).flatten(1).any(1).sum())
     return flagged / len(images)
+
+
+def flat_threshold(lowest: torch.Tensor, allowed: float) -> float:
+    """The largest threshold at which at most ``allowed`` of the images get a flat patch, given each image's
+    lowest :func:`flat_window_evidence` ``lowest`` (N,) (+inf: no flat window that is not background).
+
+    +inf when fewer images than that have such a window at all: then every flat window that is not background
+    is damage, whatever its evidence (on MNIST and FashionMNIST 0-4, 0 and 1 of 2000 training images have one).
+    """
+    finite = torch.sort(lowest[torch.isfinite(lowest)]).values
+    count = int(allowed * len(lowest))  # images that may be flagged; "below" is strict
+    return float(finite[count]) if count < len(finite) else math.inf
 
 
 @torch.no_grad()
 def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size: int | None = None,
               batch_size: int = 500) -> DamageCalibration:
-    """The largest evidence threshold at which at most ``false_alarm`` of the clean ``images`` (N, H, W, C)
-    get any pixel flagged by the two rounds of :func:`locate_damage` (its last step only drops pixels, so the
-    search as a whole flags at most that fraction); the first :data:`CALIBRATION_IMAGES` images are used.
+    """The search's thresholds, calibrated on the clean ``images`` (N, H, W, C); the first
+    :data:`CALIBRATION_IMAGES` are used.
+
+    First the flat-patch threshold (step 6 of the module docstring): at most :data:`FLAT_SHARE` of
+    ``false_alarm`` of the images get a flat patch. Then the largest evidence threshold at which at most
+    ``false_alarm`` of the images get any pixel flagged by the two rounds and the flat patches together (the
+    last step of :func:`locate_damage` only drops pixels of the two rounds' area, so the search as a whole
+    flags at most that fraction).
 
     Candidate thresholds are the evidence quantiles 0.001, 0.002, ... 0.5 of the clean pixels; a bisection
     over them finds the largest admissible one (the flagged fraction grows with the threshold; the second
@@ -259,6 +332,8 @@ def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size:
     min_size = default_min_size(model) if min_size is None else int(min_size)
     if min_size < 1 or min_size % 2 == 0:
         raise InputError(f"min_size must be an odd number of pixels; got {min_size}")
+    if min_size > min(model.input_shape[:2]):
+        raise InputError(f"min_size {min_size} is larger than the images ({model.input_shape[0]}x{model.input_shape[1]}): use a smaller odd number")
     kept, evidence, count = [], [], 0
     for x in model.batches(images, batch_size):
         kept.append(x[: CALIBRATION_IMAGES - count])
@@ -267,7 +342,9 @@ def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size:
         if count >= CALIBRATION_IMAGES:
             break
     clean, evidence = torch.cat(kept), torch.cat(evidence)
-    flagged = lambda threshold: _flagged_images(model, clean, evidence, threshold, min_size, batch_size)
+    lowest = flat_window_evidence(clean, evidence, min_size).flatten(1).amin(1)
+    flat = flat_threshold(lowest, FLAT_SHARE * false_alarm)
+    flagged = lambda threshold: _flagged_images(model, clean, evidence, DamageCalibration(threshold, min_size, 0.0, 0.0, 0, flat), batch_size)
     levels = torch.arange(1, 501, dtype=torch.float64) / 1000
     sample = evidence.flatten()[:: max(1, evidence.numel() // 1_000_000)].to(torch.float64)
     thresholds = torch.quantile(sample, levels).tolist()
@@ -279,8 +356,8 @@ def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size:
         else:
             high = mid
     threshold = thresholds[low] if low >= 0 else -math.inf
-    measured = flagged(threshold) if low >= 0 else 0.0
-    return DamageCalibration(float(threshold), min_size, float(false_alarm), measured, len(evidence))
+    measured = flagged(threshold)
+    return DamageCalibration(float(threshold), min_size, float(false_alarm), measured, len(evidence), flat)
 
 
 def check_calibration(model, calibration: DamageCalibration | None) -> DamageCalibration:
@@ -290,5 +367,11 @@ def check_calibration(model, calibration: DamageCalibration | None) -> DamageCal
         raise InputError(
             "this model's outlier statistics carry no damage calibration (they were computed by an older dcgmm): "
             "recompute them with `dcgmm stats --model RUN --dataset ...`, or pass a mask"
+        )
+    if calibration.flat_threshold is None:
+        warnings.warn(
+            "this model's damage calibration predates the search for flat patches (a constant square on a part of "
+            "the image with values like its own goes unfound): recompute the statistics with `dcgmm stats --model "
+            "RUN --dataset ...`", stacklevel=3,
         )
     return calibration
