@@ -51,9 +51,7 @@ from .errors import InputError
 
 DEFAULT_FALSE_ALARM = 0.1
 """Fraction of clean training images allowed to have any pixel flagged. On MNIST 0-4 with 2L-c (1000 test
-images, docs/inpainting.md) 5% starts to miss grey squares (IoU 0.794 vs 0.982) and 15-30% gain nothing;
-on FashionMNIST more false alarms find more grey squares (IoU 0.195 at 10%, 0.349 at 30%) at a larger
-error outside them (0.0053 vs 0.0126)."""
+images, docs/inpainting.md) 5% starts to miss grey squares (IoU 0.794 vs 0.982) and 15-30% gain nothing."""
 CLOSING = 3
 """Side of the square that closes holes in the candidate pixels before the opening."""
 CALIBRATION_IMAGES = 2000
