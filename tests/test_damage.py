@@ -9,7 +9,8 @@ import torch
 from dcgmm import DCGMM, InputError, load_model, save_model
 from dcgmm.damage import (
     DamageCalibration, _search, calibrate, check_calibration, clean_up, default_min_size, drop_rare_values, drop_smooth_pixels,
-    flat_patches, flat_threshold, flat_window_evidence, locate_damage, pixel_evidence, roughness,
+    flat_patches, flat_threshold, flat_window_evidence, locate_damage, pixel_evidence, residual, rough_patches, rough_threshold,
+    roughness,
 )
 from dcgmm.inpainting import inpaint, occlude
 from dcgmm.outliers import fit_statistics
@@ -87,6 +88,34 @@ def test_roughness_equals_a_naive_computation():
     np.testing.assert_allclose(roughness(x).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_residual_equals_a_naive_computation():
+    x = torch.rand(2, 6, 7, 3, generator=torch.Generator().manual_seed(2)) * 2.0
+    v = x.mean(-1).numpy()
+    expected = np.zeros((2, 6, 7))
+    for n in range(2):
+        padded = np.pad(v[n], 1, mode="edge")
+        expected[n] = [[abs(v[n, i, j] - np.median(padded[i : i + 3, j : j + 3])) for j in range(7)] for i in range(6)]
+        expected[n] /= v[n].max() - v[n].min()
+    np.testing.assert_allclose(residual(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_rough_patches_are_noise_areas_at_least_min_size_wide():
+    g = torch.Generator().manual_seed(3)
+    x = torch.zeros(2, 20, 20, 1)
+    x[:, 2:6, 2:18] = 1.0  # a smooth thick stroke
+    x[0, 8:16, 5:12] = torch.rand(8, 7, 1, generator=g)  # image 0: a 8x7 noise patch
+    x[1, 8:16, 5:8] = torch.rand(8, 3, 1, generator=g)  # image 1: a noise strip too thin for min size 5
+    found = rough_patches(x, 0.1, 5)
+    assert not found[1].any() and not found[0, :7].any()  # no thin strip, no stroke
+    truth = torch.zeros(20, 20, dtype=torch.bool)
+    truth[8:16, 5:12] = True
+    assert (found[0] & truth).sum() >= 0.8 * truth.sum() and (found[0] & ~truth).sum() <= 0.1 * truth.sum()
+    assert not rough_patches(x, None, 5).any()
+    # calibrated on these two images, a share of 0.5 lets image 0 be flagged and 0 flags neither
+    assert rough_threshold(x, 0.5, 5) == pytest.approx(0.1)
+    assert not rough_patches(x, rough_threshold(x, 0.0, 5), 5).any()
+
+
 def test_a_noise_patch_drops_the_smooth_strokes_that_touch_it_and_a_smooth_area_is_kept():
     images = torch.zeros(2, 16, 16, 1)
     images[:, 3:8, 2:14] = 1.0  # a thick stroke
@@ -157,11 +186,12 @@ def test_the_flat_threshold_allows_the_stated_share_of_images():
 def test_statistics_from_before_the_flat_search_still_search_and_say_so(trained):
     model, _ = trained
     old = model.statistics.damage.to_dict()
-    del old["flat_threshold"]
+    del old["flat_threshold"], old["rough_threshold"]
     calibration = DamageCalibration.from_dict(old)
-    assert calibration.flat_threshold is None
-    with pytest.warns(UserWarning, match="flat patches"):
+    assert calibration.flat_threshold is None and calibration.rough_threshold is None
+    with pytest.warns(UserWarning, match="flat and noise patches"):
         check_calibration(model, calibration)
+    assert not locate_damage(model, torch.as_tensor(np.zeros((2, 8, 8, 1), np.float32)), calibration).any()
 
 
 def test_calibration_gives_the_stated_false_alarm_rate_on_clean_images(trained, digits):
@@ -171,7 +201,7 @@ def test_calibration_gives_the_stated_false_alarm_rate_on_clean_images(trained, 
     calibration = calibrate(model, held_out[:150], false_alarm=0.2)
     assert calibration.min_size == default_min_size(model) == 3 and calibration.count == 150
     assert calibration.measured <= 0.2  # the largest admissible threshold on the calibration images
-    assert calibration.flat_threshold is not None
+    assert calibration.flat_threshold is not None and calibration.rough_threshold >= 0.1
     rest = torch.as_tensor(held_out[150:])
     found, flat = _search(model, rest, calibration, None)
     searched = float((found | flat).flatten(1).any(1).float().mean())

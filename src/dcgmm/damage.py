@@ -23,17 +23,18 @@ above*:
    dropped (:func:`drop_rare_values`). A noise patch: the area's median :func:`roughness` is at least
    :data:`NOISY_PATCH`; pixels less than :data:`SMOOTH` times as rough are dropped (:func:`drop_smooth_pixels`).
    The opening of step 3 then runs again.
-6. Flat patches: a constant patch that lies on a part of the image with values like its own (a grey square
-   on a grey garment) is plausible pixel by pixel, but not as a whole. Every ``min_size`` x ``min_size``
-   window whose values span at most :data:`FLAT_RANGE` of the image's value range, that is not of the
-   image's most common value (its background), and whose mean evidence is below a second threshold is
-   damage, all its pixels (:func:`flat_patches`). Clean MNIST and FashionMNIST images almost never have such
-   a window, so that threshold is mostly +inf. The pixels of such windows are also left out of the second
-   round's posterior in step 4.
+6. Patches of their own kind, found without the model's prediction. A constant patch on a part of the image
+   with values like its own (a grey square on a grey garment) is plausible pixel by pixel, but not as a
+   whole: every ``min_size`` x ``min_size`` window whose values span at most :data:`FLAT_RANGE` of the
+   image's value range, that is not of the image's background value, and whose mean evidence is below a
+   second threshold is damage, all its pixels (:func:`flat_patches`). A noise patch is rough everywhere:
+   pixels far from the median of their 3x3 neighbourhood (:func:`residual`, at least a third threshold),
+   closed and opened as in step 3, are damage (:func:`rough_patches`). Clean MNIST and FashionMNIST images
+   almost never have either. These pixels are also left out of the second round's posterior in step 4.
 
-Both thresholds are calibrated on the model's own clean training images (:func:`calibrate`, run by
-:func:`dcgmm.outliers.fit_statistics`): first the flat-patch threshold, so that at most :data:`FLAT_SHARE` of
-``false_alarm`` of clean images get a flat patch; then the largest evidence threshold at which at most
+The thresholds are calibrated on the model's own clean training images (:func:`calibrate`, run by
+:func:`dcgmm.outliers.fit_statistics`): first those of step 6, each so that at most :data:`PATCH_SHARE` of
+``false_alarm`` of clean images get such a patch; then the largest evidence threshold at which at most
 ``false_alarm`` of clean images get any pixel flagged by steps 1-4 and 6 together (step 5 only drops
 pixels). They are saved with the outlier statistics.
 """
@@ -68,8 +69,8 @@ SMOOTH = 0.25
 """In a noise patch, pixels with less than this fraction of the area's median roughness are dropped."""
 FLAT_RANGE = 0.01
 """A window is flat when its values (mean over channels) span at most this fraction of the image's value range."""
-FLAT_SHARE = 0.2
-"""Share of the false-alarm budget that the flat-patch threshold may use (step 6 of the module docstring)."""
+PATCH_SHARE = 0.2
+"""Share of the false-alarm budget that each threshold of step 6 of the module docstring may use."""
 _ELEMENTS = 2**24
 """Bound on the (windows x components x dimensions) elements :func:`pixel_evidence` holds at a time."""
 
@@ -92,15 +93,18 @@ class DamageCalibration:
     """Flat windows that are not background with mean evidence (nats) below this are damage (step 6); +inf
     when too few calibration images had one to set a bound; None in statistics computed before step 6
     existed, which search without it."""
+    rough_threshold: float | None = None
+    """Areas of pixels with :func:`residual` at least this are damage (step 6); None as for ``flat_threshold``."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "DamageCalibration":
-        flat = values.get("flat_threshold")
+        flat, rough = values.get("flat_threshold"), values.get("rough_threshold")
         return cls(float(values["threshold"]), int(values["min_size"]), float(values["false_alarm"]),
-                   float(values["measured"]), int(values["count"]), None if flat is None else float(flat))
+                   float(values["measured"]), int(values["count"]), None if flat is None else float(flat),
+                   None if rough is None else float(rough))
 
 
 def default_min_size(model) -> int:
@@ -235,26 +239,39 @@ def flat_patches(x: torch.Tensor, evidence: torch.Tensor, threshold: float | Non
     return covered[:, 0] > 0.5
 
 
+def rough_patches(x: torch.Tensor, threshold: float | None, size: int) -> torch.Tensor:
+    """Step 6 of the module docstring: areas at least ``size`` wide (after a 3x3 closing, :func:`clean_up`) of
+    pixels whose :func:`residual` is at least ``threshold`` (None: none). ``x`` (N, H, W, C) -> bool (N, H, W)."""
+    if threshold is None:
+        return torch.zeros(x.shape[:3], dtype=torch.bool, device=x.device)
+    return clean_up(residual(x) >= threshold, size)
+
+
 def _search(model, x: torch.Tensor, calibration: DamageCalibration, evidence: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Steps 1-4 and 6 of the module docstring: the two rounds' area and the flat patches, bool (N, H, W) each."""
+    """Steps 1-4 and 6 of the module docstring: the two rounds' area and the patches of step 6, bool (N, H, W) each."""
     evidence = pixel_evidence(model, x) if evidence is None else evidence
-    flat = flat_patches(x, evidence, calibration.flat_threshold, calibration.min_size)
+    patches = flat_patches(x, evidence, calibration.flat_threshold, calibration.min_size)
+    patches |= rough_patches(x, calibration.rough_threshold, calibration.min_size)
     first = clean_up(evidence < calibration.threshold, calibration.min_size)
     found = first.flatten(1).any(1)
     if found.any():
-        again = pixel_evidence(model, x[found], missing=(first | flat)[found])
+        again = pixel_evidence(model, x[found], missing=(first | patches)[found])
         first[found] &= clean_up(again < calibration.threshold, calibration.min_size)
-    return first, flat
+    return first, patches
 
 
-def roughness(x: torch.Tensor) -> torch.Tensor:
-    """Local roughness of images ``x`` (N, H, W, C): ``|v - median of v's 3x3 neighbourhood|`` of the mean ``v``
-    over channels, averaged over 3x3 and divided by the image's value range; edges replicated. -> (N, H, W)."""
+def residual(x: torch.Tensor) -> torch.Tensor:
+    """``|v - median of v's 3x3 neighbourhood|`` of the mean ``v`` over channels of images ``x`` (N, H, W, C),
+    divided by the image's value range; edges replicated. -> (N, H, W)."""
     v = x.mean(-1)[:, None]  # [N, 1, H, W]
     span = (v.amax((1, 2, 3)) - v.amin((1, 2, 3))).clamp_min(1e-12)[:, None, None]
     neighbours = F.unfold(F.pad(v, (1, 1, 1, 1), mode="replicate"), 3).reshape(len(v), 9, *v.shape[2:])
-    residual = (v - neighbours.median(1, keepdim=True).values).abs()
-    return F.avg_pool2d(F.pad(residual, (1, 1, 1, 1), mode="replicate"), 3, 1)[:, 0] / span
+    return (v - neighbours.median(1, keepdim=True).values).abs()[:, 0] / span
+
+
+def roughness(x: torch.Tensor) -> torch.Tensor:
+    """Local roughness of images ``x`` (N, H, W, C): :func:`residual` averaged over 3x3 (edges replicated). -> (N, H, W)."""
+    return F.avg_pool2d(F.pad(residual(x)[:, None], (1, 1, 1, 1), mode="replicate"), 3, 1)[:, 0]
 
 
 def drop_smooth_pixels(found: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -281,9 +298,9 @@ def locate_damage(model, x: torch.Tensor, calibration: DamageCalibration, eviden
     runs again.
     ``evidence``: the first round's :func:`pixel_evidence` of ``x``, if already computed.
     """
-    found, flat = _search(model, x, calibration, evidence)
+    found, patches = _search(model, x, calibration, evidence)
     kept = drop_smooth_pixels(drop_rare_values(found, x), x)
-    return (clean_up(kept, calibration.min_size) & kept) | flat
+    return (clean_up(kept, calibration.min_size) & kept) | patches
 
 
 def _flagged_images(model, images: torch.Tensor, evidence: torch.Tensor, calibration: DamageCalibration,
@@ -292,8 +309,8 @@ def _flagged_images(model, images: torch.Tensor, evidence: torch.Tensor, calibra
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(model.device)
         e = evidence[start : start + batch_size].to(model.device)
-        found, flat = _search(model, x, calibration, e)
-        flagged += int((found | flat).flatten(1).any(1).sum())
+        found, patches = _search(model, x, calibration, e)
+        flagged += int((found | patches).flatten(1).any(1).sum())
     return flagged / len(images)
 
 
@@ -309,14 +326,31 @@ def flat_threshold(lowest: torch.Tensor, allowed: float) -> float:
     return float(finite[count]) if count < len(finite) else math.inf
 
 
+def rough_threshold(images: torch.Tensor, allowed: float, size: int) -> float:
+    """The smallest :func:`residual` threshold, at least :data:`NOISY_PATCH`, at which at most ``allowed`` of
+    the ``images`` (N, H, W, C) get a rough patch (:func:`rough_patches`); candidates in steps of 0.005 up to 1,
+    found by bisection (fewer images get one as the threshold rises). 1 when even that flags too many."""
+    values = residual(images)
+    rate = lambda t: float(clean_up(values >= t, size).flatten(1).any(1).float().mean())
+    grid = torch.arange(NOISY_PATCH, 1.0, 0.005).tolist() + [1.0]
+    low, high = -1, len(grid) - 1  # grid[low] too low (-1: unknown), grid[high] admissible or the last
+    while high - low > 1:
+        mid = (low + high) // 2
+        if rate(grid[mid]) <= allowed:
+            high = mid
+        else:
+            low = mid
+    return grid[high]
+
+
 @torch.no_grad()
 def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size: int | None = None,
               batch_size: int = 500) -> DamageCalibration:
     """The search's thresholds, calibrated on the clean ``images`` (N, H, W, C); the first
     :data:`CALIBRATION_IMAGES` are used.
 
-    First the flat-patch threshold (step 6 of the module docstring): at most :data:`FLAT_SHARE` of
-    ``false_alarm`` of the images get a flat patch. Then the largest evidence threshold at which at most
+    First the thresholds of step 6 of the module docstring: at most :data:`PATCH_SHARE` of ``false_alarm``
+    of the images get a flat patch, and as many a rough one. Then the largest evidence threshold at which at most
     ``false_alarm`` of the images get any pixel flagged by the two rounds and the flat patches together (the
     last step of :func:`locate_damage` only drops pixels of the two rounds' area, so the search as a whole
     flags at most that fraction).
@@ -341,8 +375,11 @@ def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size:
             break
     clean, evidence = torch.cat(kept), torch.cat(evidence)
     lowest = flat_window_evidence(clean, evidence, min_size).flatten(1).amin(1)
-    flat = flat_threshold(lowest, FLAT_SHARE * false_alarm)
-    flagged = lambda threshold: _flagged_images(model, clean, evidence, DamageCalibration(threshold, min_size, 0.0, 0.0, 0, flat), batch_size)
+    flat = flat_threshold(lowest, PATCH_SHARE * false_alarm)
+    rough = rough_threshold(clean, PATCH_SHARE * false_alarm, min_size)
+    flagged = lambda threshold: _flagged_images(
+        model, clean, evidence, DamageCalibration(threshold, min_size, 0.0, 0.0, 0, flat, rough), batch_size
+    )
     levels = torch.arange(1, 501, dtype=torch.float64) / 1000
     sample = evidence.flatten()[:: max(1, evidence.numel() // 1_000_000)].to(torch.float64)
     thresholds = torch.quantile(sample, levels).tolist()
@@ -355,7 +392,7 @@ def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size:
             high = mid
     threshold = thresholds[low] if low >= 0 else -math.inf
     measured = flagged(threshold)
-    return DamageCalibration(float(threshold), min_size, float(false_alarm), measured, len(evidence), flat)
+    return DamageCalibration(float(threshold), min_size, float(false_alarm), measured, len(evidence), flat, rough)
 
 
 def check_calibration(model, calibration: DamageCalibration | None) -> DamageCalibration:
@@ -366,10 +403,10 @@ def check_calibration(model, calibration: DamageCalibration | None) -> DamageCal
             "this model's outlier statistics carry no damage calibration (they were computed by an older dcgmm): "
             "recompute them with `dcgmm stats --model RUN --dataset ...`, or pass a mask"
         )
-    if calibration.flat_threshold is None:
+    if calibration.flat_threshold is None or calibration.rough_threshold is None:
         warnings.warn(
-            "this model's damage calibration predates the search for flat patches (a constant square on a part of "
-            "the image with values like its own goes unfound): recompute the statistics with `dcgmm stats --model "
-            "RUN --dataset ...`", stacklevel=3,
+            "this model's damage calibration predates the search for flat and noise patches (a constant square on a "
+            "part of the image with values like its own goes unfound): recompute the statistics with `dcgmm stats "
+            "--model RUN --dataset ...`", stacklevel=3,
         )
     return calibration
