@@ -332,7 +332,7 @@ def rough_threshold(images: torch.Tensor, allowed: float, size: int) -> float:
     found by bisection (fewer images get one as the threshold rises). 1 when even that flags too many."""
     values = residual(images)
     rate = lambda t: float(clean_up(values >= t, size).flatten(1).any(1).float().mean())
-    grid = torch.arange(NOISY_PATCH, 1.0, 0.005).tolist() + [1.0]
+    grid = [round(NOISY_PATCH + 0.005 * i, 3) for i in range(round((1 - NOISY_PATCH) / 0.005))] + [1.0]
     low, high = -1, len(grid) - 1  # grid[low] too low (-1: unknown), grid[high] admissible or the last
     while high - low > 1:
         mid = (low + high) // 2
