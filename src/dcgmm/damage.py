@@ -333,14 +333,20 @@ def rough_threshold(images: torch.Tensor, allowed: float, size: int) -> float:
     values = residual(images)
     rate = lambda t: float(clean_up(values >= t, size).flatten(1).any(1).float().mean())
     grid = [round(NOISY_PATCH + 0.005 * i, 3) for i in range(round((1 - NOISY_PATCH) / 0.005))] + [1.0]
-    low, high = -1, len(grid) - 1  # grid[low] too low (-1: unknown), grid[high] admissible or the last
+    return grid[min(_first_true(len(grid), lambda i: rate(grid[i]) <= allowed), len(grid) - 1)]
+
+
+def _first_true(count: int, predicate) -> int:
+    """The smallest ``i`` in ``range(count)`` with ``predicate(i)``, for a predicate false up to some index and
+    true from there on (``count`` when it is never true), by bisection."""
+    low, high = -1, count  # predicate(low) false (-1: before the start), predicate(high) true (count: past the end)
     while high - low > 1:
         mid = (low + high) // 2
-        if rate(grid[mid]) <= allowed:
+        if predicate(mid):
             high = mid
         else:
             low = mid
-    return grid[high]
+    return high
 
 
 @torch.no_grad()
@@ -351,9 +357,9 @@ def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size:
 
     First the thresholds of step 6 of the module docstring: at most :data:`PATCH_SHARE` of ``false_alarm``
     of the images get a flat patch, and as many a rough one. Then the largest evidence threshold at which at most
-    ``false_alarm`` of the images get any pixel flagged by the two rounds and the flat patches together (the
-    last step of :func:`locate_damage` only drops pixels of the two rounds' area, so the search as a whole
-    flags at most that fraction).
+    ``false_alarm`` of the images get any pixel flagged by the two rounds and the patches of step 6 together
+    (the last step of :func:`locate_damage` only drops pixels of the two rounds' area, so the search as a
+    whole flags at most that fraction).
 
     Candidate thresholds are the evidence quantiles 0.001, 0.002, ... 0.5 of the clean pixels; a bisection
     over them finds the largest admissible one (the flagged fraction grows with the threshold; the second
@@ -383,13 +389,7 @@ def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size:
     levels = torch.arange(1, 501, dtype=torch.float64) / 1000
     sample = evidence.flatten()[:: max(1, evidence.numel() // 1_000_000)].to(torch.float64)
     thresholds = torch.quantile(sample, levels).tolist()
-    low, high = -1, len(thresholds)  # thresholds[low] admissible (-1: none), thresholds[high] not
-    while high - low > 1:
-        mid = (low + high) // 2
-        if flagged(thresholds[mid]) <= false_alarm:
-            low = mid
-        else:
-            high = mid
+    low = _first_true(len(thresholds), lambda i: flagged(thresholds[i]) > false_alarm) - 1  # the last admissible
     threshold = thresholds[low] if low >= 0 else -math.inf
     measured = flagged(threshold)
     return DamageCalibration(float(threshold), min_size, float(false_alarm), measured, len(evidence), flat, rough)
