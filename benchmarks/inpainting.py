@@ -3,7 +3,7 @@
 For every architecture (default: 2L-c, the README's, then 2L-e and 3L-a) and dataset (MNIST and
 FashionMNIST, classes 0-4), a model trained with the defaults (25 epochs; run folders under --runs are
 reused) in-paints 1000 test images, each with one 10-14 px square at a random place, filled with uniform
-noise or with grey 0.5. ``inpaint`` runs with its defaults: the calibrated damage search and the
+noise or with grey 0.5 (``--fills``: other values, e.g. 0 for blank-outs). ``inpaint`` runs with its defaults: the calibrated damage search and the
 conditional-mean fill. The thresholds of the damage search's last step (dcgmm.damage, step 5) were chosen on
 the default images (the first 1000 test images of 0-4, squares drawn with seed 2); ``--start 1000 --n 2000
 --squares-seed 7`` measures on images they were not chosen on. Printed per case, and written to
@@ -21,7 +21,7 @@ the default images (the first 1000 test images of 0-4, squares drawn with seed 2
 * seconds for the located in-painting of the 1000 images.
 
 Usage: python benchmarks/inpainting.py [--archs 2L-c 2L-e 3L-a] [--datasets mnist fashion-mnist] [--n 1000]
-       [--start 0] [--squares-seed 2] [--out docs]
+       [--start 0] [--squares-seed 2] [--fills noise 0.5] [--out docs]
 """
 
 import argparse
@@ -39,7 +39,7 @@ from dcgmm.outliers import fit_statistics
 from dcgmm.plots import plot_inpainting
 
 CLASSES = [0, 1, 2, 3, 4]
-FILLS = ("noise", 0.5)
+FILLS = ["noise", "0.5"]
 
 
 def model_for(arch: str, run: Path, train: np.ndarray, source: str) -> tuple[DCGMM, float]:
@@ -61,6 +61,7 @@ def main():
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--start", type=int, default=0, help="index of the first test image of classes 0-4 (default: %(default)s)")
     parser.add_argument("--squares-seed", type=int, default=2, help="seed of the squares' sizes, places and noise (default: %(default)s)")
+    parser.add_argument("--fills", nargs="+", default=FILLS, help="'noise' or a grey value in [0, 1] per kind of square (default: %(default)s)")
     parser.add_argument("--runs", default="runs/inpainting")
     parser.add_argument("--out", default="docs")
     args = parser.parse_args()
@@ -71,7 +72,7 @@ def main():
         test, _ = load_dataset(dataset, "test", CLASSES)
         clean = test[args.start : args.start + args.n]
         mean_image = train.mean(0)
-        cases = {fill: occlude(clean, fill=fill, seed=args.squares_seed) for fill in FILLS}
+        cases = {fill: occlude(clean, fill=fill if fill == "noise" else float(fill), seed=args.squares_seed) for fill in args.fills}
         baselines = {}
         for fill, (damaged, masks) in cases.items():
             baselines[fill] = {

@@ -127,8 +127,9 @@ def test_a_noise_patch_drops_the_smooth_strokes_that_touch_it_and_a_smooth_area_
     assert torch.equal(kept & ~found, torch.zeros_like(found))
 
 
-def naive_flat_window_evidence(image: np.ndarray, evidence: np.ndarray, size: int) -> np.ndarray:
-    """One image (H, W, C) by loops: the mean evidence of each flat window not of the border's most common value."""
+def naive_flat_window_evidence(image: np.ndarray, evidence: np.ndarray, size: int, background: bool) -> np.ndarray:
+    """One image (H, W, C) by loops: the mean evidence of each flat window not of the border's most common value
+    (``background``: of it)."""
     v = image.mean(-1)
     low, span = v.min(), max(v.max() - v.min(), 1e-12)
     border = np.concatenate([v[0], v[-1], v[1:-1, 0], v[1:-1, -1]])
@@ -139,7 +140,7 @@ def naive_flat_window_evidence(image: np.ndarray, evidence: np.ndarray, size: in
     for i in range(h - size + 1):
         for j in range(w - size + 1):
             window = v[i : i + size, j : j + size]
-            if window.max() - window.min() <= 0.01 * span and abs(window.mean() - common) > 0.01 * span:
+            if window.max() - window.min() <= 0.01 * span and (abs(window.mean() - common) <= 0.01 * span) == background:
                 out[i, j] = evidence[i : i + size, j : j + size].mean()
     return out
 
@@ -152,12 +153,14 @@ def test_flat_window_evidence_equals_a_naive_computation():
     x[1, 6:12, 0:7] = torch.tensor([0.3, 0.7])  # image 1: constant after the mean over channels
     x[2] += 1.0  # image 2: the most common value is 1 now, the windows of 1 are background
     evidence = torch.randn(3, 12, 13, generator=g)
-    fast = flat_window_evidence(x, evidence, 3)
-    naive = np.stack([naive_flat_window_evidence(x[n].numpy(), evidence[n].numpy(), 3) for n in range(3)])
-    assert fast.shape == (3, 10, 11)
-    assert np.array_equal(np.isinf(fast.numpy()), np.isinf(naive))
-    assert np.isfinite(naive[0]).sum() == 16 and np.isfinite(naive[1]).sum() == 20 and np.isfinite(naive[2]).sum() == 0
-    np.testing.assert_allclose(fast.numpy()[np.isfinite(naive)], naive[np.isfinite(naive)], rtol=1e-5, atol=1e-6)
+    for background in (False, True):
+        fast = flat_window_evidence(x, evidence, 3, background)
+        naive = np.stack([naive_flat_window_evidence(x[n].numpy(), evidence[n].numpy(), 3, background) for n in range(3)])
+        assert fast.shape == (3, 10, 11)
+        assert np.array_equal(np.isinf(fast.numpy()), np.isinf(naive))
+        np.testing.assert_allclose(fast.numpy()[np.isfinite(naive)], naive[np.isfinite(naive)], rtol=1e-5, atol=1e-6)
+        if not background:
+            assert np.isfinite(naive[0]).sum() == 16 and np.isfinite(naive[1]).sum() == 20 and np.isfinite(naive[2]).sum() == 0
 
 
 def test_flat_patches_are_the_whole_constant_patch_and_only_where_the_evidence_is_low():
@@ -172,6 +175,17 @@ def test_flat_patches_are_the_whole_constant_patch_and_only_where_the_evidence_i
     assert not flat_patches(x, evidence, None, 5).any()  # statistics from before step 6
 
 
+def test_a_blank_out_is_found_where_the_model_expected_something_else():
+    x = torch.zeros(2, 16, 16, 1)
+    x[:, 2:14, 3:5] = 1.0  # a stroke ...
+    x[0, 6:13, 2:9] = 0.0  # ... that image 0 has blanked out, in the background's value
+    evidence = torch.ones(2, 16, 16)
+    evidence[0, 6:13, 3:5] = -10.0  # the model expected ink there
+    found = flat_patches(x, evidence, 0.0, 5, background=True)
+    assert found[0, 6:13, 3:5].all() and not found[1].any()
+    assert not flat_patches(x, evidence, 0.0, 5).any()  # not a flat patch of its own value
+
+
 def test_the_flat_threshold_allows_the_stated_share_of_images():
     lowest = torch.tensor([math.inf, 0.5, 0.1, math.inf, 0.2])
     assert flat_threshold(lowest, 0.2) == pytest.approx(0.2)  # one image of five (0.1) lies below
@@ -183,10 +197,10 @@ def test_the_flat_threshold_allows_the_stated_share_of_images():
 def test_statistics_from_before_the_flat_search_still_search_and_say_so(trained):
     model, _ = trained
     old = model.statistics.damage.to_dict()
-    del old["flat_threshold"], old["rough_threshold"]
+    del old["flat_threshold"], old["rough_threshold"], old["blank_threshold"]
     calibration = DamageCalibration.from_dict(old)
-    assert calibration.flat_threshold is None and calibration.rough_threshold is None
-    with pytest.warns(UserWarning, match="flat and noise patches"):
+    assert calibration.flat_threshold is None and calibration.rough_threshold is None and calibration.blank_threshold is None
+    with pytest.warns(UserWarning, match="flat, noise and blanked-out patches"):
         check_calibration(model, calibration)
     assert not locate_damage(model, torch.as_tensor(np.zeros((2, 8, 8, 1), np.float32)), calibration).any()
 
@@ -198,7 +212,7 @@ def test_calibration_gives_the_stated_false_alarm_rate_on_clean_images(trained, 
     calibration = calibrate(model, held_out[:150], false_alarm=0.2)
     assert calibration.min_size == default_min_size(model) == 3 and calibration.count == 150
     assert calibration.measured <= 0.2  # the largest admissible threshold on the calibration images
-    assert calibration.flat_threshold is not None and calibration.rough_threshold >= 0.1
+    assert calibration.flat_threshold is not None and calibration.rough_threshold >= 0.1 and calibration.blank_threshold is not None
     rest = torch.as_tensor(held_out[150:])
     found, flat = _search(model, rest, calibration, None)
     searched = float((found | flat).flatten(1).any(1).float().mean())

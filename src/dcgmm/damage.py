@@ -27,10 +27,14 @@ above*:
    with values like its own (a grey square on a grey garment) is plausible pixel by pixel, but not as a
    whole: every ``min_size`` x ``min_size`` window whose values span at most :data:`FLAT_RANGE` of the
    image's value range, that is not of the image's background value, and whose mean evidence is below a
-   second threshold is damage, all its pixels (:func:`flat_patches`). A noise patch is rough everywhere:
-   pixels far from the median of their 3x3 neighbourhood (:func:`residual`, at least a third threshold),
+   second threshold is damage, all its pixels (:func:`flat_patches`). A blank-out in the background's own
+   value merges with the background; flat windows of that value whose mean evidence is below a third
+   threshold are damage too (the top layer expected something else there). A noise patch is rough everywhere:
+   pixels far from the median of their 3x3 neighbourhood (:func:`residual`, at least a fourth threshold),
    closed and opened as in step 3, are damage (:func:`rough_patches`). Clean MNIST and FashionMNIST images
-   almost never have either. These pixels are also left out of the second round's posterior in step 4.
+   almost never have flat windows that are not background, or noise. Flat and noise patches are also left
+   out of the second round's posterior in step 4; blank-outs are judged on the second round's evidence where
+   there is one (a grey square nearby makes the first round's prediction of the background worse).
 
 The thresholds are calibrated on the model's own clean training images (:func:`calibrate`, run by
 :func:`dcgmm.outliers.fit_statistics`): first those of step 6, each so that at most :data:`PATCH_SHARE` of
@@ -95,16 +99,18 @@ class DamageCalibration:
     existed, which search without it."""
     rough_threshold: float | None = None
     """Areas of pixels with :func:`residual` at least this are damage (step 6); None as for ``flat_threshold``."""
+    blank_threshold: float | None = None
+    """Flat windows of the background's value with mean evidence below this are damage (step 6); None as for
+    ``flat_threshold``."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "DamageCalibration":
-        flat, rough = values.get("flat_threshold"), values.get("rough_threshold")
+        optional = [values.get(key) for key in ("flat_threshold", "rough_threshold", "blank_threshold")]
         return cls(float(values["threshold"]), int(values["min_size"]), float(values["false_alarm"]),
-                   float(values["measured"]), int(values["count"]), None if flat is None else float(flat),
-                   None if rough is None else float(rough))
+                   float(values["measured"]), int(values["count"]), *(None if v is None else float(v) for v in optional))
 
 
 def default_min_size(model) -> int:
@@ -203,9 +209,9 @@ def drop_rare_values(found: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (inside & ~rare).reshape(found.shape)
 
 
-def flat_window_evidence(x: torch.Tensor, evidence: torch.Tensor, size: int) -> torch.Tensor:
+def flat_window_evidence(x: torch.Tensor, evidence: torch.Tensor, size: int, background: bool = False) -> torch.Tensor:
     """Mean evidence of every flat ``size`` x ``size`` window of images ``x`` (N, H, W, C) that is not
-    background; +inf for the other windows.
+    background (``background=True``: that is); +inf for the other windows.
 
     A window is flat when its values (the mean over channels) span at most :data:`FLAT_RANGE` of the image's
     value range; it is background when its mean lies within :data:`FLAT_RANGE` of the range from the most
@@ -224,17 +230,18 @@ def flat_window_evidence(x: torch.Tensor, evidence: torch.Tensor, size: int) -> 
     common = low + (counts.argmax(1) + 0.5) / bins * span  # [N]
     span, common = span[:, None, None], common[:, None, None]
     spread = (F.max_pool2d(v, size, 1) + F.max_pool2d(-v, size, 1))[:, 0] / span
-    background = (F.avg_pool2d(v, size, 1)[:, 0] - common).abs() <= FLAT_RANGE * span
+    is_background = (F.avg_pool2d(v, size, 1)[:, 0] - common).abs() <= FLAT_RANGE * span
     mean = F.avg_pool2d(evidence[:, None], size, 1)[:, 0]
-    return torch.where((spread <= FLAT_RANGE) & ~background, mean, torch.inf)
+    return torch.where((spread <= FLAT_RANGE) & (is_background == background), mean, torch.inf)
 
 
-def flat_patches(x: torch.Tensor, evidence: torch.Tensor, threshold: float | None, size: int) -> torch.Tensor:
-    """Step 6 of the module docstring: the pixels of flat ``size`` x ``size`` windows whose mean evidence is
-    below ``threshold`` (None: none). ``x`` (N, H, W, C), ``evidence`` (N, H, W) -> bool (N, H, W)."""
+def flat_patches(x: torch.Tensor, evidence: torch.Tensor, threshold: float | None, size: int, background: bool = False) -> torch.Tensor:
+    """Step 6 of the module docstring: the pixels of flat ``size`` x ``size`` windows, not of the background's
+    value (``background=True``: of it), whose mean evidence is below ``threshold`` (None: none). ``x`` (N, H,
+    W, C), ``evidence`` (N, H, W) -> bool (N, H, W)."""
     if threshold is None:
         return torch.zeros(evidence.shape, dtype=torch.bool, device=evidence.device)
-    hit = (flat_window_evidence(x, evidence, size) < threshold).to(torch.float32)[:, None]
+    hit = (flat_window_evidence(x, evidence, size, background) < threshold).to(torch.float32)[:, None]
     covered = F.max_pool2d(F.pad(hit, (size - 1,) * 4), size, 1)  # any window over the pixel
     return covered[:, 0] > 0.5
 
@@ -253,10 +260,13 @@ def _search(model, x: torch.Tensor, calibration: DamageCalibration, evidence: to
     patches = flat_patches(x, evidence, calibration.flat_threshold, calibration.min_size)
     patches |= rough_patches(x, calibration.rough_threshold, calibration.min_size)
     first = clean_up(evidence < calibration.threshold, calibration.min_size)
-    found = first.flatten(1).any(1)
+    found = (first | patches).flatten(1).any(1)
     if found.any():
         again = pixel_evidence(model, x[found], missing=(first | patches)[found])
         first[found] &= clean_up(again < calibration.threshold, calibration.min_size)
+        evidence = evidence.clone()
+        evidence[found] = again
+    patches |= flat_patches(x, evidence, calibration.blank_threshold, calibration.min_size, background=True)
     return first, patches
 
 
@@ -316,10 +326,11 @@ def _flagged_images(model, images: torch.Tensor, evidence: torch.Tensor, calibra
 
 def flat_threshold(lowest: torch.Tensor, allowed: float) -> float:
     """The largest threshold at which at most ``allowed`` of the images get a flat patch, given each image's
-    lowest :func:`flat_window_evidence` ``lowest`` (N,) (+inf: no flat window that is not background).
+    lowest :func:`flat_window_evidence` ``lowest`` (N,) (+inf: no such window).
 
-    +inf when fewer images than that have such a window at all: then every flat window that is not background
-    is damage, whatever its evidence (on MNIST and FashionMNIST 0-4, 0 and 1 of 2000 training images have one).
+    +inf when fewer images than that have such a window at all: then every such window is damage, whatever
+    its evidence (on MNIST and FashionMNIST 0-4, 0 and 1 of 2000 training images have a flat window that is
+    not background).
     """
     finite = torch.sort(lowest[torch.isfinite(lowest)]).values
     count = int(allowed * len(lowest))  # images that may be flagged; "below" is strict
@@ -356,7 +367,8 @@ def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size:
     :data:`CALIBRATION_IMAGES` are used.
 
     First the thresholds of step 6 of the module docstring: at most :data:`PATCH_SHARE` of ``false_alarm``
-    of the images get a flat patch, and as many a rough one. Then the largest evidence threshold at which at most
+    of the images get a flat patch, as many a rough one and as many a blank-out (judged here on the first
+    round's evidence). Then the largest evidence threshold at which at most
     ``false_alarm`` of the images get any pixel flagged by the two rounds and the patches of step 6 together
     (the last step of :func:`locate_damage` only drops pixels of the two rounds' area, so the search as a
     whole flags at most that fraction).
@@ -380,11 +392,11 @@ def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size:
         if count >= CALIBRATION_IMAGES:
             break
     clean, evidence = torch.cat(kept), torch.cat(evidence)
-    lowest = flat_window_evidence(clean, evidence, min_size).flatten(1).amin(1)
-    flat = flat_threshold(lowest, PATCH_SHARE * false_alarm)
+    lowest = lambda background: flat_window_evidence(clean, evidence, min_size, background).flatten(1).amin(1)
+    flat, blank = (flat_threshold(lowest(background), PATCH_SHARE * false_alarm) for background in (False, True))
     rough = rough_threshold(clean, PATCH_SHARE * false_alarm, min_size)
     flagged = lambda threshold: _flagged_images(
-        model, clean, evidence, DamageCalibration(threshold, min_size, 0.0, 0.0, 0, flat, rough), batch_size
+        model, clean, evidence, DamageCalibration(threshold, min_size, 0.0, 0.0, 0, flat, rough, blank), batch_size
     )
     levels = torch.arange(1, 501, dtype=torch.float64) / 1000
     sample = evidence.flatten()[:: max(1, evidence.numel() // 1_000_000)].to(torch.float64)
@@ -392,7 +404,7 @@ def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size:
     low = _first_true(len(thresholds), lambda i: flagged(thresholds[i]) > false_alarm) - 1  # the last admissible
     threshold = thresholds[low] if low >= 0 else -math.inf
     measured = flagged(threshold)
-    return DamageCalibration(float(threshold), min_size, float(false_alarm), measured, len(evidence), flat, rough)
+    return DamageCalibration(float(threshold), min_size, float(false_alarm), measured, len(evidence), flat, rough, blank)
 
 
 def check_calibration(model, calibration: DamageCalibration | None) -> DamageCalibration:
@@ -403,10 +415,10 @@ def check_calibration(model, calibration: DamageCalibration | None) -> DamageCal
             "this model's outlier statistics carry no damage calibration (they were computed by an older dcgmm): "
             "recompute them with `dcgmm stats --model RUN --dataset ...`, or pass a mask"
         )
-    if calibration.flat_threshold is None or calibration.rough_threshold is None:
+    if None in (calibration.flat_threshold, calibration.rough_threshold, calibration.blank_threshold):
         warnings.warn(
-            "this model's damage calibration predates the search for flat and noise patches (a constant square on a "
-            "part of the image with values like its own goes unfound): recompute the statistics with `dcgmm stats "
-            "--model RUN --dataset ...`", stacklevel=3,
+            "this model's damage calibration predates the search for flat, noise and blanked-out patches (a constant "
+            "square on a part of the image with values like its own goes unfound): recompute the statistics with "
+            "`dcgmm stats --model RUN --dataset ...`", stacklevel=3,
         )
     return calibration
