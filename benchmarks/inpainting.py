@@ -42,6 +42,18 @@ CLASSES = [0, 1, 2, 3, 4]
 FILLS = ["noise", "0.5"]
 
 
+def fill_kind(text: str) -> str:
+    """An argparse type: 'noise' or a grey value in [0, 1], kept as the text that names the case."""
+    if text != "noise":
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 <= value <= 1:
+            raise argparse.ArgumentTypeError(f"a fill is 'noise' or a grey value in [0, 1]; got {text!r}")
+    return text
+
+
 def model_for(arch: str, run: Path, train: np.ndarray, source: str) -> tuple[DCGMM, float]:
     start = time.perf_counter()
     if (run / "model.safetensors").exists():
@@ -61,7 +73,7 @@ def main():
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--start", type=int, default=0, help="index of the first test image of classes 0-4 (default: %(default)s)")
     parser.add_argument("--squares-seed", type=int, default=2, help="seed of the squares' sizes, places and noise (default: %(default)s)")
-    parser.add_argument("--fills", nargs="+", default=FILLS, help="'noise' or a grey value in [0, 1] per kind of square (default: %(default)s)")
+    parser.add_argument("--fills", nargs="+", type=fill_kind, default=FILLS, help="'noise' or a grey value in [0, 1] per kind of square (default: %(default)s)")
     parser.add_argument("--runs", default="runs/inpainting")
     parser.add_argument("--out", default="docs")
     args = parser.parse_args()

@@ -191,6 +191,14 @@ def clean_up(candidates: torch.Tensor, min_size: int) -> torch.Tensor:
     return _dilate(_erode(closed, min_size, outside=False), min_size)
 
 
+def _grey(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images ``x`` (N, H, W, C) as their mean over channels (N, 1, H, W), with each image's lowest value and
+    value range (N,), the range at least 1e-12."""
+    v = x.mean(-1)[:, None]
+    low = v.amin((1, 2, 3))
+    return v, low, (v.amax((1, 2, 3)) - low).clamp_min(1e-12)
+
+
 def drop_rare_values(found: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Step 5 of the module docstring: in an area found that is a constant patch, drop the pixels of rare values.
 
@@ -198,9 +206,9 @@ def drop_rare_values(found: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     whose area has no value bin with :data:`DOMINANT_VALUE` of its pixels (noise, say) keeps its area as it is.
     Returns bool (N, H, W), a subset of ``found``.
     """
-    values = x.mean(-1).flatten(1)  # [N, H*W]
-    low, high = values.amin(1, keepdim=True), values.amax(1, keepdim=True)
-    bins = ((values - low) / (high - low).clamp_min(1e-12) * VALUE_BINS).long().clamp_(0, VALUE_BINS - 1)
+    v, low, span = _grey(x)
+    values = v.flatten(1)  # [N, H*W]
+    bins = ((values - low[:, None]) / span[:, None] * VALUE_BINS).long().clamp_(0, VALUE_BINS - 1)
     inside = found.flatten(1)
     counts = torch.zeros(len(x), VALUE_BINS, device=x.device).scatter_add_(1, bins, inside.to(torch.float32))
     top = counts.amax(1, keepdim=True)
@@ -220,9 +228,7 @@ def flat_window_evidence(x: torch.Tensor, evidence: torch.Tensor, size: int, bac
     ``evidence``: (N, H, W), :func:`pixel_evidence`. Returns (N, H - size + 1, W - size + 1), indexed by the
     window's top-left pixel.
     """
-    v = x.mean(-1)[:, None]  # [N, 1, H, W]
-    low = v.amin((1, 2, 3))
-    span = (v.amax((1, 2, 3)) - low).clamp_min(1e-12)
+    v, low, span = _grey(x)  # [N, 1, H, W], [N], [N]
     bins = round(1 / FLAT_RANGE)
     frame = torch.cat([v[:, 0, 0], v[:, 0, -1], v[:, 0, 1:-1, 0], v[:, 0, 1:-1, -1]], 1)  # [N, 2W + 2H - 4]
     index = ((frame - low[:, None]) / span[:, None] * bins).long().clamp_(0, bins - 1)
@@ -273,10 +279,9 @@ def _search(model, x: torch.Tensor, calibration: DamageCalibration, evidence: to
 def residual(x: torch.Tensor) -> torch.Tensor:
     """``|v - median of v's 3x3 neighbourhood|`` of the mean ``v`` over channels of images ``x`` (N, H, W, C),
     divided by the image's value range; edges replicated. -> (N, H, W)."""
-    v = x.mean(-1)[:, None]  # [N, 1, H, W]
-    span = (v.amax((1, 2, 3)) - v.amin((1, 2, 3))).clamp_min(1e-12)[:, None, None]
+    v, _, span = _grey(x)  # [N, 1, H, W], [N]
     neighbours = F.unfold(F.pad(v, (1, 1, 1, 1), mode="replicate"), 3).reshape(len(v), 9, *v.shape[2:])
-    return (v - neighbours.median(1, keepdim=True).values).abs()[:, 0] / span
+    return (v - neighbours.median(1, keepdim=True).values).abs()[:, 0] / span[:, None, None]
 
 
 def roughness(x: torch.Tensor) -> torch.Tensor:

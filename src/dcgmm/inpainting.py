@@ -97,7 +97,7 @@ def inpaint(
         components given the signal from above (as prior) and the known pixels of its window; every layer emits
         expectations. ``"sample"``: the paper's Eq. 10, one draw. On MNIST 0-4 with 2L-c (10-14 px squares,
         1000 test images) the mean is the better of the two both with the true mask (squared error 0.074 vs
-        0.081) and with the located damage (0.087 vs 0.093 on noise squares, 0.074 vs 0.082 on grey ones;
+        0.081) and with the located damage (0.084 vs 0.090 on noise squares, 0.074 vs 0.081 on grey ones;
         ``dcgmm experiment inpainting``, docs/inpainting.md).
 
     Returns
