@@ -186,6 +186,33 @@ def test_a_blank_out_is_found_where_the_model_expected_something_else():
     assert not flat_patches(x, evidence, 0.0, 5).any()  # not a flat patch of its own value
 
 
+def test_a_last_round_without_the_patch_undoes_a_posterior_the_patch_fooled(monkeypatch):
+    """Step 7: a blank-out makes the first posterior wrong, so most of the image is improbable in the first
+    two rounds; a round that leaves out only the blank-out sees the image as it is and keeps the patch."""
+    x = torch.zeros(2, 16, 16, 1)
+    x[:, 2:14, 2:14] = torch.linspace(0.3, 0.9, 12)[:, None, None]  # a textured "garment" on black
+    x[0, 5:10, 5:10] = 0.0  # image 0: blanked out in the background's value
+    square = torch.zeros(16, 16, dtype=torch.bool)
+    square[5:10, 5:10] = True
+    calls = []
+
+    def fake_evidence(model, images, missing=None):
+        calls.append(None if missing is None else missing.clone())
+        evidence = torch.ones(images.shape[:3])
+        fooled = missing is None or missing.flatten(1).sum(1).max() > square.sum()
+        evidence[:, 2:14, 2:14] = -1.0 if fooled else 1.0  # a wrong posterior: the whole garment improbable
+        evidence[:, 5:10, 5:10] = -1.0  # the model never expects black inside the garment
+        return evidence
+
+    monkeypatch.setattr("dcgmm.damage.pixel_evidence", fake_evidence)
+    calibration = DamageCalibration(0.0, 3, 0.1, 0.1, 100, None, None, 0.0)
+    found, patches = _search(None, x, calibration, None)
+    assert torch.equal(patches[0], square) and not patches[1].any()
+    assert torch.equal(found[0], square)  # the last round drops the garment the fooled rounds flagged
+    assert found[1, 2:14, 2:14].all()  # image 1 has no patch: no last round, the rounds' area stays
+    assert torch.equal(calls[-1][0], square) and len(calls[-1]) == 1  # the last round left out the patch only
+
+
 def test_the_flat_threshold_allows_the_stated_share_of_images():
     lowest = torch.tensor([math.inf, 0.5, 0.1, math.inf, 0.2])
     assert flat_threshold(lowest, 0.2) == pytest.approx(0.2)  # one image of five (0.1) lies below

@@ -35,12 +35,17 @@ above*:
    almost never have flat windows that are not background, or noise. Flat and noise patches are also left
    out of the second round's posterior in step 4; blank-outs are judged on the second round's evidence where
    there is one (a grey square nearby makes the first round's prediction of the background worse).
+7. A last round where step 6 found a patch: the top layer's posterior leaves out the patches only, and of
+   the area of steps 1-4 only what this round finds too is kept. A patch can fool the first posterior (a
+   black square on a shirt reads as another garment), which makes most of the image improbable; the second
+   round then leaves most of the image out and cannot correct it, this one sees all of it but the patch
+   (FashionMNIST 0-4, 2L-c, black squares: IoU 0.728 -> 0.837, error outside the square 0.0116 -> 0.0022).
 
 The thresholds are calibrated on the model's own clean training images (:func:`calibrate`, run by
 :func:`dcgmm.outliers.fit_statistics`): first those of step 6, each so that at most :data:`PATCH_SHARE` of
 ``false_alarm`` of clean images get such a patch; then the largest evidence threshold at which at most
-``false_alarm`` of clean images get any pixel flagged by steps 1-4 and 6 together (step 5 only drops
-pixels). They are saved with the outlier statistics.
+``false_alarm`` of clean images get any pixel flagged by steps 1-4, 6 and 7 together (steps 5 and 7 only
+drop pixels). They are saved with the outlier statistics.
 """
 
 from __future__ import annotations
@@ -261,7 +266,7 @@ def rough_patches(x: torch.Tensor, threshold: float | None, size: int) -> torch.
 
 
 def _search(model, x: torch.Tensor, calibration: DamageCalibration, evidence: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Steps 1-4 and 6 of the module docstring: the two rounds' area and the patches of step 6, bool (N, H, W) each."""
+    """Steps 1-4, 6 and 7 of the module docstring: the rounds' area and the patches of step 6, bool (N, H, W) each."""
     evidence = pixel_evidence(model, x) if evidence is None else evidence
     patches = flat_patches(x, evidence, calibration.flat_threshold, calibration.min_size)
     patches |= rough_patches(x, calibration.rough_threshold, calibration.min_size)
@@ -273,6 +278,10 @@ def _search(model, x: torch.Tensor, calibration: DamageCalibration, evidence: to
         evidence = evidence.clone()
         evidence[found] = again
     patches |= flat_patches(x, evidence, calibration.blank_threshold, calibration.min_size, background=True)
+    redo = patches.flatten(1).any(1) & first.flatten(1).any(1)
+    if redo.any():  # a last round that leaves out the patches only: the posterior sees the rest of the image
+        last = pixel_evidence(model, x[redo], missing=patches[redo])
+        first[redo] &= clean_up(last < calibration.threshold, calibration.min_size)
     return first, patches
 
 
@@ -307,7 +316,8 @@ def locate_damage(model, x: torch.Tensor, calibration: DamageCalibration, eviden
     """Damaged pixels of images ``x`` (N, H, W, C): bool (N, H, W). See the module docstring.
 
     Two rounds: the pixels found in the first are left out of the top layer's posterior, the evidence is
-    computed again from that cleaner prediction, and a pixel is damaged if both rounds say so. Then pixels
+    computed again from that cleaner prediction, and a pixel is damaged if both rounds say so (and, where
+    step 6 found a patch, a third round that leaves out only the patches; see the module docstring). Then pixels
     that do not share the area's statistics are dropped — values rare in a constant patch
     (:func:`drop_rare_values`), smooth pixels in a noise patch (:func:`drop_smooth_pixels`) — and the opening
     runs again.
@@ -374,9 +384,9 @@ def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size:
     First the thresholds of step 6 of the module docstring: at most :data:`PATCH_SHARE` of ``false_alarm``
     of the images get a flat patch, as many a rough one and as many a blank-out (judged here on the first
     round's evidence). Then the largest evidence threshold at which at most
-    ``false_alarm`` of the images get any pixel flagged by the two rounds and the patches of step 6 together
-    (the last step of :func:`locate_damage` only drops pixels of the two rounds' area, so the search as a
-    whole flags at most that fraction).
+    ``false_alarm`` of the images get any pixel flagged by the rounds (steps 1-4 and 7) and the patches of
+    step 6 together (the last step of :func:`locate_damage` only drops pixels of the rounds' area, so the
+    search as a whole flags at most that fraction).
 
     Candidate thresholds are the evidence quantiles 0.001, 0.002, ... 0.5 of the clean pixels; a bisection
     over them finds the largest admissible one (the flagged fraction grows with the threshold; the second
