@@ -124,3 +124,27 @@ def test_training_from_a_memory_mapped_npy_equals_training_in_memory(digits, tmp
     assert streamed.model.config.value_range == loaded.model.config.value_range == (0.0, 1.0)
     for key, value in loaded.model.state_dict().items():
         assert torch.equal(streamed.model.state_dict()[key], value), key
+
+
+def test_overlapping_folds_train_as_convolutions_with_the_same_step(digits):
+    """A Folding whose windows overlap a lot trains with its GMM layer as one convolution (fused_layers); a
+    step then moves the parameters as the unfolded path does (float64, so that no near-tie of two components
+    goes another way on one of the paths)."""
+    images, _ = digits
+    spec = "F(3,3,1,1) G(9) F(6,6,1,1) G(4)"  # 9 windows per pixel below; one window at the top
+    batch = torch.as_tensor(images[:50], dtype=torch.float64)
+    trainers = []
+    for fused in (True, False):
+        model = DCGMM.from_spec(spec, input_shape=(8, 8, 1)).double()
+        trainer = Trainer(model, TrainConfig(epochs=1, batch_size=50), images)
+        assert trainer._fused == {1}
+        if not fused:
+            trainer._fused = set()
+        start = model.layers[1].centroids.detach().clone()
+        for _ in range(3):
+            trainer.train_step(batch, None)
+        assert not torch.equal(model.layers[1].centroids, start)
+        trainers.append(trainer)
+    (a, b) = (dict(t.model.named_parameters()) for t in trainers)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-10, atol=1e-12)

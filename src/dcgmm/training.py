@@ -39,7 +39,8 @@ from .checkpoint import CHECKPOINT_FILE, _model_tensors, model_from_tensors, rea
 from .data import ImageSource
 from .distributed import average_tensors, average_values, process_group
 from .errors import CheckpointError, InputError, TrainingDiverged
-from .layers.gmm import smoothing_kernel
+from .layers import Folding
+from .layers.gmm import convolution_pays, smoothing_kernel
 from .model import DCGMM
 from .progress import progress_bar, write_line
 from .schedule import Schedule
@@ -50,6 +51,17 @@ def centroid_rate(model: DCGMM, layer, rate_centroids: float) -> float:
     relative to the model's ``variance_floor``, so that a layer with a finer floor (the top layer of a deep
     model, ``top_variance_floor``) takes steps no larger, relative to its precision, than the others."""
     return rate_centroids * min(1.0, layer.variance_floor / model.config.variance_floor)
+
+
+def fused_layers(model: DCGMM) -> set[int]:
+    """Indices of the GMM layers whose training step runs together with the Folding layer below them, as one
+    convolution (:func:`dcgmm.layers.gmm.convolution_pays`: where the windows overlap a lot)."""
+    stack = model.stack
+    return {
+        index for index in range(1, len(stack))
+        if stack[index].is_mixture and isinstance(stack[index - 1], Folding)
+        and convolution_pays(stack[index - 1].kernel, stack[index - 1].stride, stack[index].in_shape[0] * stack[index].in_shape[1])
+    }
 
 
 def _check_step_size(model: DCGMM, config: "TrainConfig") -> None:
@@ -227,6 +239,7 @@ class Trainer:
         init_generator = torch.Generator().manual_seed(config.seed)
         for _, layer in model.gmm_layers():
             layer.reset_parameters(init_generator)
+        self._fused = fused_layers(model)
         self.schedule = Schedule({i: layer.n_components for i, layer in model.gmm_layers()}, config, self.total_steps)
         self.optimizer = torch.optim.SGD(self._param_groups(), lr=config.lr)
         self._apply_phases()
@@ -273,12 +286,19 @@ class Trainer:
                 kernels[index] = smoothing_kernel(layer.n_components, self.schedule.sigma(index), self.device, layer.centroids.dtype)
         self.optimizer.zero_grad(set_to_none=True)
         objectives, grads, h = {}, {}, x
+        stack, fused = self.model.stack, self._fused
         with torch.no_grad():  # GMM layers: gradients in closed form (GMM.training_step), no autograd
-            for index, layer in enumerate(self.model.stack):
+            index = 0
+            while index < len(stack):
+                if index + 1 in fused and index + 1 in kernels:  # Folding + GMM as one convolution
+                    objectives[index + 1], h, grads[index + 1] = stack[index + 1].folded_training_step(h, stack[index], kernels[index + 1])
+                    index += 2
+                    continue
                 if index in kernels:
-                    objectives[index], h, grads[index] = layer.training_step(h, kernels[index])
+                    objectives[index], h, grads[index] = stack[index].training_step(h, kernels[index])
                 else:
-                    h = layer(h)
+                    h = stack[index](h)
+                index += 1
         for index, (grad_w, grad_mu, grad_p) in grads.items():
             layer = self.model.layers[index]
             layer.centroids.grad = grad_mu

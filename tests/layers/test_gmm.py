@@ -159,3 +159,22 @@ def test_marginal_log_joint_against_torch_distributions():
         torch.testing.assert_close(got[n, 0, 0].detach(), expected, rtol=sum_rtol(3 * 18), atol=1e-4)
     torch.testing.assert_close(gmm.marginal_log_joint(x, torch.ones_like(known)), gmm.log_joint(x), rtol=sum_rtol(3 * 18), atol=1e-4)
     torch.testing.assert_close(gmm.marginal_log_joint(x, torch.zeros_like(known))[0, 0, 0], gmm.log_weights)
+
+
+@pytest.mark.filterwarnings("ignore:.*leaves some pixels uncovered")  # the convolution leaves them out too
+@pytest.mark.parametrize("window,stride,channels,sigma", [((3, 3), (1, 1), 1, 0.01), ((4, 4), (2, 2), 3, 0.6), ((4, 3), (1, 2), 2, 3.0)])
+def test_folded_training_step_equals_folding_then_the_training_step(window, stride, channels, sigma):
+    """The convolution path gives the objective, responsibilities and gradients of Folding + training_step."""
+    from dcgmm.layers import Folding
+
+    h = torch.rand(5, 9, 8, channels, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    fold = Folding((9, 8, channels), *window, *stride)
+    layer = random_gmm(fold.out_shape, 7, seed=3)
+    kernel = smoothing_kernel(7, sigma, dtype=torch.float64)
+    objective, output, grads = layer.training_step(fold(h), kernel)
+    folded_objective, folded_output, folded_grads = layer.folded_training_step(h, fold, kernel)
+    assert folded_output.shape == output.shape == (5, *fold.out_shape[:2], 7)
+    torch.testing.assert_close(folded_objective, objective, rtol=1e-12, atol=0)
+    torch.testing.assert_close(folded_output, output, rtol=1e-12, atol=1e-15)
+    for a, b in zip(folded_grads, grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
