@@ -34,6 +34,10 @@ class BroadcastGMM(GMM):
         output = torch.softmax(log_joint.detach(), dim=-1).reshape(*x.shape[:3], self.n_components)
         return -loss.detach(), output, grads
 
+    def folded_training_step(self, h, fold, kernel):
+        """No convolution path: the naive reference always unfolds the windows."""
+        return self.training_step(fold(h), kernel)
+
 
 class MatmulGMM(BroadcastGMM):
     """x^2 tau - 2 x tau mu + tau mu^2 by matrix products (no broadcast tensor); no annealing kernel."""
