@@ -6,7 +6,9 @@ Trains ``--arch`` (default 2L-c) on full MNIST with the default settings (25 epo
   parameters, the annealed max-component objective with the same smoothing kernel, plain softmax
   responsibilities (no floor against subnormal numbers, no zeroing of tiny coefficients);
 * **library**: ``GMM.training_step`` — closed-form gradients (``max_component_step``), responsibilities
-  floored at exp(-35) of the largest, coefficients ``tau mu`` below 1e-20 treated as 0.
+  floored at exp(-35) of the largest, coefficients ``tau mu`` below 1e-20 treated as 0; Folding + GMM pairs
+  whose windows overlap a lot as one convolution (``folded_max_component_step``: 2L-c's first layer, 3L-a's
+  two lower ones).
 
 Same objective, schedule, data order and initial values; the float results part after the first steps. It
 prints each run's seconds per epoch and the mean test log-likelihood of every GMM layer (nats per position)
