@@ -445,10 +445,11 @@ def convolution_pays(window: tuple[int, int], stride: tuple[int, int], positions
     """Whether :func:`folded_max_component_step` is the faster path for a Folding with this window and stride.
 
     Measured (``benchmarks/fused_layers.py``, 2-core CPU, a batch of 100 MNIST digits, every Folding + GMM pair of
-    Table I): the unfolded path wins where windows do not overlap or one window covers the whole input (the
-    convolution takes 1.5-5x as long there), the two tie at 4 windows per pixel (2L-e's F(4,4,2,2): 1.49 vs
-    1.50 ms), and the convolution wins from 9 (2L-c's F(8,8,2,2): 1.68 vs 1.52 ms; 3L-a's F(3,3,1,1): 6.1 vs
-    4.4 ms, its F(4,4,1,1) on 25 channels: 8.0 vs 4.0 ms).
+    Table I, one run): the unfolded path wins where windows do not overlap or one window covers the whole
+    input (the convolution takes 1.4-3.2x as long there), the two tie at 4 windows per pixel (2L-e's
+    F(4,4,2,2): 1.33 vs 1.34 ms), and the convolution wins or ties from 9 (2L-c's F(8,8,2,2): 2.07 vs 1.80 ms;
+    3L-a's F(3,3,1,1): 13.3 vs 13.6 ms in that run, 6.1 vs 4.4 ms in an earlier one; its F(4,4,1,1) on 25
+    channels: 16.7 vs 4.1 ms). This machine's speed drifts, so only each row's ratio counts.
     """
     overlap = window[0] * window[1] / (stride[0] * stride[1])
     return positions > 1 and overlap >= CONVOLUTION_OVERLAP
