@@ -8,7 +8,7 @@ from torch import distributions as D
 
 from dcgmm import DCGMM
 from dcgmm.layers import GMM
-from dcgmm.layers.gmm import grid_shape, neighbourhood, smoothing_kernel
+from dcgmm.layers.gmm import TINY_LOG_RATIO, grid_shape, neighbourhood, responsibilities, smoothing_kernel
 
 from tolerance import sum_rtol
 
@@ -46,6 +46,25 @@ def test_gmm_responsibilities_are_posteriors():
     joint = mix.component_distribution.log_prob(x.reshape(-1, 1, 5)) + mix.mixture_distribution.logits.log_softmax(-1)
     torch.testing.assert_close(resp.reshape(-1, 6), torch.softmax(joint, -1))
     torch.testing.assert_close(resp.sum(-1), torch.ones(2, 3, 4, dtype=torch.float64))
+
+
+def test_responsibilities_in_place_equal_the_softmax_with_its_floor():
+    """Without autograd the responsibilities are computed in place; with and without, they are the softmax of the
+    log joint raised to 35 below each row's largest value."""
+    gen = torch.Generator().manual_seed(3)
+    log_joint = torch.randn(50, 7, generator=gen, dtype=torch.float64) * 40  # rows span far more than 35 nats
+    floored = torch.maximum(log_joint, log_joint.amax(1, keepdim=True) - TINY_LOG_RATIO)
+    reference = torch.softmax(floored, dim=1)
+    assert (reference.amin(1) < 1e-14).any() and (log_joint - log_joint.amax(1, keepdim=True) < -TINY_LOG_RATIO).any()
+    with torch.no_grad():
+        fast = responsibilities(log_joint, dim=1)
+        given_max = responsibilities(log_joint, dim=1, row_max=log_joint.amax(1, keepdim=True))
+    tracked = log_joint.clone().requires_grad_()
+    with_grad = responsibilities(tracked, dim=1)
+    assert with_grad.requires_grad
+    for ours in (fast, given_max, with_grad.detach()):
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-300)
+    assert fast.amin() >= math.exp(-TINY_LOG_RATIO) / 7 * (1 - 1e-9)  # the floor: nothing tinier than e^-35 / K
 
 
 def test_gmm_parameters_stay_valid_for_any_raw_value():

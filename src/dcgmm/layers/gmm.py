@@ -71,10 +71,17 @@ def responsibilities(log_joint: torch.Tensor, dim: int = -1, row_max: torch.Tens
     of ~1e-16 instead of smaller change nothing that matters.
 
     ``row_max``: the maximum of ``log_joint`` over ``dim`` (keepdim), if already known.
+
+    Without autograd it is computed in place, ``exp(max(log_joint - row_max, -35))`` normalised: one tensor of
+    the input's size instead of three (on 3L-a's first layer, 67 600 x 25 per batch, fewer passes over memory
+    than ``torch.softmax``, whose own maximum is already known here).
     """
     if row_max is None:
         row_max = log_joint.detach().amax(dim=dim, keepdim=True)
-    return torch.softmax(torch.maximum(log_joint, row_max - TINY_LOG_RATIO), dim=dim)
+    if torch.is_grad_enabled() and log_joint.requires_grad:
+        return torch.softmax(torch.maximum(log_joint, row_max - TINY_LOG_RATIO), dim=dim)
+    shares = torch.sub(log_joint, row_max).clamp_(min=-TINY_LOG_RATIO).exp_()
+    return shares.div_(shares.sum(dim, keepdim=True))
 
 
 class GMM(Layer):
@@ -423,14 +430,13 @@ def folded_max_component_step(
     log_joint = log_joint_map.permute(0, 2, 3, 1).reshape(-1, k)  # [P, K]
     n = len(log_joint)
     top, best, output = _winners(log_joint, kernel)
-    if kernel is None:
-        share = torch.zeros_like(log_joint).scatter_(1, best[:, None], 1.0 / n)  # [P, K]
-    else:  # position p counts g[k*(p), j] towards component j
-        share = kernel[best].div_(n)
-    mass = share.sum(0)
+    share = torch.zeros_like(log_joint).scatter_(1, best[:, None], 1.0 / n)  # [P, K]: p counts 1/n towards k*(p)
+    mass = torch.bincount(best, minlength=k).to(log_joint.dtype).div_(n)
     grad_map = share.reshape(n_images, rows, cols, k).permute(0, 3, 1, 2)
     stats = torch.nn.grad.conv2d_weight(features, filters.shape, grad_map, stride=stride)  # [K, 2C, fy, fx]
-    stats = stats.permute(0, 2, 3, 1)  # [K, fy, fx, 2C]
+    stats = stats.permute(0, 2, 3, 1).reshape(k, fy * fx, 2 * channels)
+    if kernel is not None:  # position p counts g[k*(p), j] towards component j: the sums are linear in the shares
+        stats, mass = (kernel.t() @ stats.reshape(k, -1)).reshape(stats.shape), kernel.t() @ mass
     stats_a, stats_b = stats[..., :channels].reshape(k, -1), stats[..., channels:].reshape(k, -1)
     grads = _gradients(weight_logits, centroids, tau, b, stats_a, stats_b, mass, variance_floor)
     return top.mean(), output.reshape(n_images, rows, cols, k), grads
