@@ -4,7 +4,9 @@ Prints, in one run:
 
 * the naive reference: the same architecture trained the plain PyTorch way — log(pi_k N_k(x)) from the expanded
   square by matrix products (no broadcast tensor), the plain max-component loss (no annealing kernel),
-  gradients by autograd, plain SGD, batch 100 — seconds per epoch over ``--naive-epochs`` epochs;
+  gradients by autograd, plain SGD, batch 100 — seconds per epoch, trained for ``--naive-epochs`` epochs
+  before the dcgmm run and again after it (this machine's speed drifts by up to 2x within minutes; the two
+  sides of the ratio are then measured over the same stretch of time);
 * seconds per epoch of a default dcgmm training run (25 epochs: the mean, which is the figure that counts,
   and every epoch) and its ratio to the naive reference;
 * the GMM layers' achieved GFLOP/s (their matrix products and scatter-adds, counted analytically, over the
@@ -53,20 +55,23 @@ def main():
     parser.add_argument("--arch", default="2L-c", help="preset or spec (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--seeds", type=int, default=0, help="also train this many seeds for 25 epochs and check for NaN")
-    parser.add_argument("--naive-epochs", type=int, default=2, help="epochs of the naive reference (default: %(default)s)")
+    parser.add_argument("--naive-epochs", type=int, default=1,
+                        help="epochs of the naive reference, before and again after the dcgmm run (default: %(default)s)")
     args = parser.parse_args()
     images, _ = load_dataset("mnist", "train")
     peak = matmul_peak()
-    naive = naive_seconds_per_epoch(args.arch, images, args.naive_epochs)
+    naive_before = naive_seconds_per_epoch(args.arch, images, args.naive_epochs)
     model = DCGMM.from_spec(args.arch)
     trainer = Trainer(model, TrainConfig(epochs=args.epochs), images)
     history = trainer.fit(progress=False)
+    naive_after = naive_seconds_per_epoch(args.arch, images, args.naive_epochs)
+    naive = (naive_before + naive_after) / 2
     seconds = sum(r.seconds for r in history) / len(history)
     gflops = gmm_flops_per_image(model) * trainer.steps_per_epoch * 100 / seconds / 1e9
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{args.arch}, MNIST 60000, batch 100: {seconds:.2f} s/epoch, mean of {args.epochs} (all: {', '.join(f'{r.seconds:.2f}' for r in history)})")
-    print(f"naive reference (matrix products, autograd, no annealing kernel): {naive:.2f} s/epoch, mean of {args.naive_epochs}; "
-          f"dcgmm / naive = {seconds / naive:.2f}")
+    print(f"naive reference (matrix products, autograd, no annealing kernel): {naive:.2f} s/epoch ({naive_before:.2f} before, "
+          f"{naive_after:.2f} after the dcgmm run, {args.naive_epochs} epoch(s) each); dcgmm / naive = {seconds / naive:.2f}")
     print(f"GMM layers: {gflops:.1f} GFLOP/s achieved; float32 matmul peak measured {peak:.1f} GFLOP/s ({100 * gflops / peak:.0f}%)")
     for seed in range(args.seeds):
         model = DCGMM.from_spec(args.arch)
