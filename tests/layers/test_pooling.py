@@ -9,15 +9,21 @@ from dcgmm.layers import Pooling
 from naive import naive_scatter_mean
 
 
-@pytest.mark.parametrize("shape,args", [((9, 7, 3), (2, 2)), ((10, 9, 2), (3, 2, 2, 1)), ((6, 6, 1), (3, 3))])
-def test_pooling_equals_max_pool2d(shape, args):
+@pytest.mark.parametrize(
+    "shape,args",
+    [((9, 7, 3), (2, 2)), ((10, 9, 2), (3, 2, 2, 1)), ((6, 6, 1), (3, 3)), ((7, 8, 2), (1, 3, 1, 2)), ((5, 5, 2), (1, 1))],
+)
+@pytest.mark.parametrize("tracked", [False, True], ids=["no autograd", "autograd"])
+def test_pooling_equals_max_pool2d(shape, args, tracked):
+    """Both paths (strided maxima without autograd, max_pool2d with it) give max_pool2d's values."""
     layer = Pooling(shape, *args)
-    x = torch.randn(2, *shape)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)).requires_grad_(tracked)
     ky, kx = args[:2]
     stride = args[2:] if len(args) == 4 else (ky, kx)
-    ref = F.max_pool2d(x.permute(0, 3, 1, 2), (ky, kx), stride).permute(0, 2, 3, 1)
-    torch.testing.assert_close(layer(x), ref)
-    assert layer(x).shape[1:] == layer.out_shape
+    ref = F.max_pool2d(x.detach().permute(0, 3, 1, 2), (ky, kx), stride).permute(0, 2, 3, 1)
+    out = layer(x)
+    assert out.requires_grad == tracked and out.shape[1:] == layer.out_shape
+    torch.testing.assert_close(out.detach(), ref, rtol=0, atol=0)
 
 
 def test_pooling_sampling_is_nearest_neighbour():

@@ -76,8 +76,8 @@ def responsibilities(log_joint: torch.Tensor, dim: int = -1, row_max: torch.Tens
     the input's size instead of three (on 3L-a's first layer, 67 600 x 25 per batch, fewer passes over memory
     than ``torch.softmax``, whose own maximum is already known here).
     """
-    if row_max is None:
-        row_max = log_joint.detach().amax(dim=dim, keepdim=True)
+    if row_max is None:  # max, not amax: on real log joints (3L-a's first layer) 0.61 of amax's time, paired
+        row_max = log_joint.detach().max(dim=dim, keepdim=True).values
     if torch.is_grad_enabled() and log_joint.requires_grad:
         return torch.softmax(torch.maximum(log_joint, row_max - TINY_LOG_RATIO), dim=dim)
     shares = torch.sub(log_joint, row_max).clamp_(min=-TINY_LOG_RATIO).exp_()
