@@ -361,7 +361,7 @@ def max_component_step(
       -sigmoid(precision_raw) = tau / tau_max - 1``
     * ``dL/dweight_logits = pi sum(m) - m``
 
-    tests/test_layers.py checks value and gradients against autograd through :meth:`GMM.loss`.
+    tests/layers/test_gmm.py checks value and gradients against autograd through :meth:`GMM.loss`.
 
     Parameters
     ----------
