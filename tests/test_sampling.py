@@ -40,6 +40,25 @@ def test_one_layer_top_one_samples_are_exactly_centroids():
     assert len(nearest.unique()) > 1
 
 
+def test_tiling_windows_emit_whole_centroids_and_overlapping_ones_average():
+    """2L-b's 7x7 windows tile the image: every tile of a noise-free sample is one lower centroid, bit for bit
+    (nothing averaged, the reason 2L-b samples vary, docs/sampling.md); 2L-c's overlapping windows average."""
+    gen = torch.Generator().manual_seed(0)
+    model = DCGMM.from_spec("2L-b")
+    with torch.no_grad():
+        model.layers[1].centroids.uniform_(0, 1, generator=gen)
+    out = sample(model, 20, top_s=None, noise=0.0, generator=gen)  # (20, 28, 28, 1)
+    tiles = out.reshape(20, 4, 7, 4, 7).permute(0, 1, 3, 2, 4).reshape(-1, 49)
+    centroids = model.layers[1].centroids.detach()
+    assert torch.equal(tiles, centroids[torch.cdist(tiles, centroids).argmin(1)])
+    overlapping = DCGMM.from_spec("2L-c")
+    with torch.no_grad():
+        overlapping.layers[1].centroids.uniform_(0, 1, generator=gen)
+    windows = overlapping.layers[0](sample(overlapping, 20, top_s=None, noise=0.0, generator=gen)).reshape(-1, 64)
+    centroids = overlapping.layers[1].centroids.detach()
+    assert torch.cdist(windows, centroids).min(1).values.min() > 0.1  # no window is a centroid
+
+
 def test_top_layer_draws_follow_the_mixing_weights():
     model = DCGMM.from_spec("F(2,2,1,1) G(4)", input_shape=(2, 2, 1))
     layer = model.layers[1]

@@ -593,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_device(p)
         _add_quiet(p)
 
-    p = sub.add_parser("sample", help="draw samples (optionally of given classes) into a PNG grid and .npy", description="Sample images top-down from a trained model; with --classes, sample through its top classifier. The paper's setting: --S 1 --noise 0 --control-noise 0 --sharpen.")
+    p = sub.add_parser("sample", help="draw samples (optionally of given classes) into a PNG grid and .npy", description="Sample images top-down from a trained model; with --classes, sample through its top classifier. The paper's setting: --S 1 --noise 0 --control-noise 0 --sharpen. How varied the samples are depends more on the architecture than on these options: where the lowest Folding windows overlap (2L-c) every pixel averages many windows' draws and the samples stay near a few templates; where they tile the image (2L-b) they vary (docs/sampling.md).")
     add_sampling_options(p, sample, conditional=sample_classes)
     p.set_defaults(sharpen=_default(sample, "sharpening") is not None, S=None, noise=None, control_noise=None)  # None: the default of sample / sample_classes
     p.add_argument("--n", type=_integer, default=100, help="number of samples; with --classes, per class (default: %(default)s)")
