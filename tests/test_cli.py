@@ -15,6 +15,7 @@ from dcgmm import data, load_model
 from dcgmm.checkpoint import CHECKPOINT_FILE, MODEL_FILE, read_file, save_file
 from dcgmm.cli import main
 from dcgmm.errors import DataError, InputError
+from dcgmm.inpainting import occlude
 from dcgmm.runs import lock_run
 
 from fakes import write_pngs
@@ -273,6 +274,37 @@ def test_stats_calibrates_the_damage_search_and_inpaint_uses_it(files, tmp_path,
         assert status == 0, err
         assert ("the calibrated search" if locate == "evidence" else "Eq. 6") in printed
         assert np.load(tmp_path / locate / "replaced.npy").shape[1:] == (8, 8)
+
+
+def test_inpaint_scores_against_the_true_mask(files, tmp_path, capsys, digits):
+    """--clean with --true-mask: the error on and outside the damaged pixels and the IoU of the replaced region,
+    as computed here from the files inpaint wrote; bad true masks get clear errors."""
+    out = tmp_path / "r"
+    assert train(capsys, files, out, data="small", arch=SMALL)[0] == 0
+    clean = digits[0][:20]
+    damaged, truth = occlude(clean, size=(3, 4), fill="noise", seed=4)
+    paths = {name: tmp_path / f"{name}.npy" for name in ("clean", "damaged", "truth")}
+    for name, array in (("clean", clean), ("damaged", damaged), ("truth", truth)):
+        np.save(paths[name], array)
+    status, printed, err = run(capsys, "inpaint", "--model", out, "--npy", paths["damaged"], "--clean", paths["clean"],
+                               "--true-mask", paths["truth"], "--out", tmp_path / "i", "--quiet")
+    assert status == 0, err
+    report = json.loads((tmp_path / "i" / "inpainting.json").read_text())
+    repaired, replaced = np.load(tmp_path / "i" / "inpainted.npy"), np.load(tmp_path / "i" / "replaced.npy")
+    squared = ((repaired - clean) ** 2).sum(-1) / clean.shape[-1]  # (N, H, W)
+    assert report["mse_on_true_mask"] == pytest.approx(squared[truth].mean(), rel=1e-5)
+    assert report["mse_outside_true_mask"] == pytest.approx(squared[~truth].mean(), rel=1e-5, abs=1e-12)
+    assert report["mse_on_true_mask_damaged_input"] == pytest.approx(((damaged - clean) ** 2)[truth].mean(), rel=1e-5)
+    ious = [(r & t).sum() / max((r | t).sum(), 1) for r, t in zip(replaced, truth)]
+    assert report["iou_replaced_vs_true_mask"] == pytest.approx(np.mean(ious), rel=1e-9)
+    assert "on the damaged pixels of --true-mask" in printed and "IoU" in printed
+    base = ("inpaint", "--model", out, "--npy", paths["damaged"], "--out", tmp_path / "j")
+    assert "give --clean too" in error(capsys, *base, "--true-mask", paths["truth"])
+    wrong, empty = tmp_path / "wrong.npy", tmp_path / "empty.npy"
+    np.save(wrong, truth[:5])
+    np.save(empty, np.zeros((8, 8), bool))
+    assert "must have shape (N, H, W) = (20, 8, 8) or (H, W); got (5, 8, 8)" in error(capsys, *base, "--clean", paths["clean"], "--true-mask", wrong)
+    assert "marks no pixel as damaged" in error(capsys, *base, "--clean", paths["clean"], "--true-mask", empty)
 
 
 def test_misleading_data_messages_are_gone(files, tmp_path, capsys):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import __version__, threads
+from .baselines import iou, region_mse
 from .checkpoint import CHECKPOINT_FILE, MODEL_FILE, atomic_write_bytes, atomic_write_text, load_model, save_model
 from .data import DATASETS, fetch, load_dataset, load_npy, open_npy, parse_classes, read_array
 from .distributed import processes
@@ -409,6 +410,7 @@ def cmd_inpaint(args) -> int:
     clean = load_npy(args.clean) if args.clean else None
     if clean is not None and clean.shape != damaged.shape:
         raise InputError(f"--clean has shape {clean.shape} but the damaged images have {damaged.shape}")
+    truth = None if args.true_mask is None else _true_mask(args.true_mask, damaged.shape[:3], clean)
     out = writable_folder(args.out, "--out")
     start = time.perf_counter()
     result = inpaint(
@@ -427,17 +429,39 @@ def cmd_inpaint(args) -> int:
         report = {"n_images": len(damaged), "replaced_fraction": float(result.masks.mean()),
                   "mse_all_pixels": float(((result.images - clean) ** 2).mean()),
                   "mse_damaged_input": float(((damaged - clean) ** 2).mean())}
-        atomic_write_text(out / "inpainting.json", json.dumps(report, indent=1))
         print(f"  mean squared error against --clean: {report['mse_all_pixels']:.4f} (damaged input: {report['mse_damaged_input']:.4f})")
+        if truth is not None:
+            report.update(iou_replaced_vs_true_mask=iou(result.masks, truth), mse_on_true_mask=region_mse(result.images, clean, truth),
+                          mse_on_true_mask_damaged_input=region_mse(damaged, clean, truth),
+                          mse_outside_true_mask=region_mse(result.images, clean, ~truth) if not truth.all() else None)
+            outside = "" if truth.all() else f", outside it {report['mse_outside_true_mask']:.4f}"
+            print(f"  on the damaged pixels of --true-mask: error {report['mse_on_true_mask']:.4f} (damaged input: "
+                  f"{report['mse_on_true_mask_damaged_input']:.4f}){outside}; replaced region vs --true-mask: IoU "
+                  f"{report['iou_replaced_vs_true_mask']:.3f}")
+        atomic_write_text(out / "inpainting.json", json.dumps(report, indent=1))
     print(f"  written to {out / 'inpainted.npy'}, {out / 'replaced.npy'}, {out / 'inpainting.png'}")
     return 0
 
 
-def _load_mask(path: str) -> np.ndarray:
-    mask = read_array(path, "--mask")
+def _load_mask(path: str, option: str = "--mask") -> np.ndarray:
+    mask = read_array(path, option)
     if mask.dtype != bool and not (np.issubdtype(mask.dtype, np.number) and np.isin(mask, (0, 1)).all()):
-        raise InputError(f"--mask {path} must hold booleans or 0/1 values; got dtype {mask.dtype}")
+        raise InputError(f"{option} {path} must hold booleans or 0/1 values; got dtype {mask.dtype}")
     return mask.astype(bool)
+
+
+def _true_mask(path: str, shape: tuple, clean) -> np.ndarray:
+    """``--true-mask``: the damaged pixels, to score the result against ``--clean``; (N, H, W) bool."""
+    if clean is None:
+        raise InputError("--true-mask scores the result against the undamaged images: give --clean too")
+    truth = _load_mask(path, "--true-mask")
+    if truth.ndim == 2:
+        truth = np.broadcast_to(truth, (shape[0], *truth.shape))
+    if truth.shape != tuple(shape):
+        raise InputError(f"--true-mask must have shape (N, H, W) = {tuple(shape)} or (H, W); got {truth.shape}")
+    if not truth.any():
+        raise InputError(f"--true-mask {path} marks no pixel as damaged: there is nothing to score")
+    return truth
 
 
 def cmd_occlude(args) -> int:
@@ -643,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("inpaint", help="in-paint damaged images; the model finds the damage itself", description="In-painting (paper Sec. III-B5): the outlier maps of the lower GMM layers locate the damage (or --mask gives it), sampling from the top replaces only that region.")
+    p = sub.add_parser("inpaint", help="in-paint damaged images; the model finds the damage itself", description="In-painting (paper Sec. III-B5, beyond it by default): the model finds the damaged pixels itself — where the top layer's prediction makes them improbable, with a threshold calibrated on clean training images (--locate evidence), or by the paper's outlier maps (--locate outliers) — or --mask gives them; only those pixels are replaced, by their conditional mean given the rest (--fill mean) or by one draw from the top (--fill sample, the paper's).")
     add_sampling_options(p, inpaint)
     p.set_defaults(sharpen=_default(inpaint, "sharpening") is not None)
     p.add_argument("--npy", required=True, help="damaged images, (N, H, W) or (N, H, W, C) .npy")
@@ -654,6 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fill", choices=["mean", "sample"], default=_default(inpaint, "fill"), help="mean: the conditional mean of the damaged pixels given the rest; sample: one draw, the paper's Eq. 10 (default: %(default)s, the better of the two)")
     p.add_argument("--marginalize", action=argparse.BooleanOptionalAction, default=_default(inpaint, "marginalize"), help="compute responsibilities with the replaced pixels marginalised out (default: on)")
     p.add_argument("--clean", help="optional .npy of the undamaged images: report the error and show them")
+    p.add_argument("--true-mask", help="optional .npy of booleans (N, H, W) or (H, W), with --clean: the pixels really damaged "
+                   "(dcgmm occlude writes them as mask.npy), to report the error on and outside them and the IoU of the "
+                   "replaced region; used for scoring only, unlike --mask")
     p.add_argument("--out", required=True, help="folder for inpainted.npy, replaced.npy, inpainting.png")
     p.set_defaults(func=cmd_inpaint)
 
