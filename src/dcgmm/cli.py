@@ -28,7 +28,7 @@ from .data import DATASETS, fetch, load_dataset, load_npy, open_npy, parse_class
 from .distributed import processes
 from .errors import DCGMMError, InputError, TrainingDiverged
 from .experiments import STAGES, ExperimentConfig
-from .inpainting import inpaint, occlude
+from .inpainting import inpaint, occlude, per_image_masks
 from .model import DCGMM, ModelConfig
 from .outliers import ensemble_scores, fit_statistics, image_scores
 from .pipeline import Images, layer_report, npy_bytes, report_lines, train_run
@@ -454,11 +454,7 @@ def _true_mask(path: str, shape: tuple, clean) -> np.ndarray:
     """``--true-mask``: the damaged pixels, to score the result against ``--clean``; (N, H, W) bool."""
     if clean is None:
         raise InputError("--true-mask scores the result against the undamaged images: give --clean too")
-    truth = _load_mask(path, "--true-mask")
-    if truth.ndim == 2:
-        truth = np.broadcast_to(truth, (shape[0], *truth.shape))
-    if truth.shape != tuple(shape):
-        raise InputError(f"--true-mask must have shape (N, H, W) = {tuple(shape)} or (H, W); got {truth.shape}")
+    truth = per_image_masks(_load_mask(path, "--true-mask"), shape[0], shape[1:], "--true-mask")
     if not truth.any():
         raise InputError(f"--true-mask {path} marks no pixel as damaged: there is nothing to score")
     return truth

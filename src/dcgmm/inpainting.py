@@ -57,6 +57,17 @@ def _as_batch_tensor(array, dtype, device) -> torch.Tensor:
 
 
 @torch.no_grad()
+def per_image_masks(mask, n: int, size: tuple[int, int], name: str = "the mask") -> np.ndarray:
+    """``mask`` (N, H, W), or one (H, W) for all ``n`` images, as (N, H, W) with (H, W) = ``size``; an
+    :class:`InputError` naming ``name`` for any other shape."""
+    mask = np.asarray(mask)
+    if mask.ndim == 2:
+        mask = np.broadcast_to(mask, (n, *mask.shape))
+    if mask.shape != (n, *size):
+        raise InputError(f"{name} must have shape (N, H, W) = {(n, *size)} or (H, W); got {mask.shape}")
+    return mask
+
+
 def inpaint(
     model: DCGMM,
     images,
@@ -126,11 +137,7 @@ def inpaint(
                 "with a GMM layer below the top (e.g. 2L-c)"
             )
     else:
-        mask = np.asarray(mask)
-        if mask.ndim == 2:
-            mask = np.broadcast_to(mask, (len(images), *mask.shape))
-        if mask.shape != (len(images), *model.input_shape[:2]):
-            raise InputError(f"the mask must have shape (N, H, W) = {(len(images), *model.input_shape[:2])} or (H, W); got {mask.shape}")
+        mask = per_image_masks(mask, len(images), model.input_shape[:2])
     device = model.device
     out_images, out_masks, out_positions = [], [], {i: [] for i in lower}
     batches = zip(range(0, len(images), batch_size), model.batches(images, batch_size))
