@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from dcgmm import DCGMM, TrainConfig, Trainer, load_dataset, load_model, save_model
-from dcgmm.baselines import flat_gmm, gmm_fill, iou, knn_fill, matched_components, region_mse
+from dcgmm.baselines import flat_gmm, gmm_fill, iou, knn_fill, matched_components, mean_fill, region_mse
 from dcgmm.inpainting import inpaint, occlude
 from dcgmm.outliers import fit_statistics
 from dcgmm.plots import plot_inpainting
@@ -83,12 +83,11 @@ def main():
         train, _ = load_dataset(dataset, "train", CLASSES)
         test, _ = load_dataset(dataset, "test", CLASSES)
         clean = test[args.start : args.start + args.n]
-        mean_image = train.mean(0)
         cases = {fill: occlude(clean, fill=fill if fill == "noise" else float(fill), seed=args.squares_seed) for fill in args.fills}
         baselines = {}
         for fill, (damaged, masks) in cases.items():
             baselines[fill] = {
-                "mean_image": region_mse(np.where(masks[..., None], mean_image[None], damaged), clean, masks),
+                "mean_image": region_mse(mean_fill(train, damaged, masks), clean, masks),
                 "knn5_true_mask": region_mse(knn_fill(train, damaged, masks), clean, masks),
                 "damaged": region_mse(damaged, clean, masks),
             }

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from dcgmm import InputError
-from dcgmm.baselines import flat_gmm, gmm_fill, gmm_scorer, iou, knn_fill, knn_scorer, matched_components, pca_scorer, region_mse, standardised
+from dcgmm.baselines import (flat_gmm, gmm_fill, gmm_scorer, iou, knn_fill, knn_scorer, matched_components, mean_fill, pca_scorer,
+                             region_mse, standardised)
 
 
 @pytest.fixture
@@ -73,6 +74,20 @@ def test_knn_fill_pastes_the_mean_of_the_nearest_on_the_known_pixels(split):
         np.testing.assert_array_equal(result[~mask], image[~mask])
     with pytest.raises(InputError, match="masks must have shape"):
         knn_fill(train, damaged, masks[:, :4])
+
+
+def test_mean_fill_pastes_the_mean_training_image(split):
+    train, test = split
+    masks = np.zeros(test.shape[:3], dtype=bool)
+    masks[:, 4:, :2] = True
+    damaged = np.where(masks[..., None], 1.0, test).astype(np.float32)
+    filled = mean_fill(train, damaged, masks)
+    expected = sum(image.astype(np.float64) for image in train) / len(train)
+    for image, mask, result in zip(damaged, masks, filled):
+        np.testing.assert_allclose(result[mask], expected[mask], atol=1e-6)
+        np.testing.assert_array_equal(result[~mask], image[~mask])
+    with pytest.raises(InputError, match="masks must have shape"):
+        mean_fill(train, damaged, masks[:3])
 
 
 def test_gmm_fill_is_the_conditional_mean_given_the_known_pixels(split):

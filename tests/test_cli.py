@@ -15,7 +15,7 @@ from dcgmm import data, load_model
 from dcgmm.checkpoint import CHECKPOINT_FILE, MODEL_FILE, read_file, save_file
 from dcgmm.cli import main
 from dcgmm.errors import DataError, InputError
-from dcgmm.inpainting import occlude
+from dcgmm.inpainting import inpaint, occlude
 from dcgmm.runs import lock_run
 
 from fakes import write_pngs
@@ -286,8 +286,10 @@ def test_inpaint_scores_against_the_true_mask(files, tmp_path, capsys, digits):
     paths = {name: tmp_path / f"{name}.npy" for name in ("clean", "damaged", "truth")}
     for name, array in (("clean", clean), ("damaged", damaged), ("truth", truth)):
         np.save(paths[name], array)
+    train_images = digits[0][100:400]
+    np.save(tmp_path / "train.npy", train_images)
     status, printed, err = run(capsys, "inpaint", "--model", out, "--npy", paths["damaged"], "--clean", paths["clean"],
-                               "--true-mask", paths["truth"], "--out", tmp_path / "i", "--quiet")
+                               "--true-mask", paths["truth"], "--baseline-npy", tmp_path / "train.npy", "--out", tmp_path / "i", "--quiet")
     assert status == 0, err
     report = json.loads((tmp_path / "i" / "inpainting.json").read_text())
     repaired, replaced = np.load(tmp_path / "i" / "inpainted.npy"), np.load(tmp_path / "i" / "replaced.npy")
@@ -298,8 +300,25 @@ def test_inpaint_scores_against_the_true_mask(files, tmp_path, capsys, digits):
     ious = [(r & t).sum() / max((r | t).sum(), 1) for r, t in zip(replaced, truth)]
     assert report["iou_replaced_vs_true_mask"] == pytest.approx(np.mean(ious), rel=1e-9)
     assert "on the damaged pixels of --true-mask" in printed and "IoU" in printed
+    model = load_model(out)  # the same fill with the true mask, and the baselines, all on the true mask's pixels
+    given = inpaint(model, damaged, mask=truth).images
+    assert report["mse_on_true_mask_given_true_mask"] == pytest.approx(((given - clean) ** 2)[truth].mean(), rel=1e-5)
+    mean_image = train_images.astype(np.float64).mean(0)
+    assert report["mse_on_true_mask_mean_image"] == pytest.approx(((mean_image - clean) ** 2)[truth].mean(), rel=1e-5)
+    flat_train, flat_known = train_images.reshape(len(train_images), -1), ~truth.reshape(len(truth), -1)
+    errors = []
+    for image, known, true, mask in zip(damaged.reshape(len(damaged), -1), flat_known, clean.reshape(len(clean), -1), truth):
+        nearest = np.argsort((((flat_train - image) ** 2) * known).sum(1))[:5]
+        errors.append(((flat_train[nearest].mean(0) - true) ** 2)[~known])
+    assert report["mse_on_true_mask_knn5"] == pytest.approx(np.concatenate(errors).mean(), rel=1e-4)
+    assert report["baseline_images"] == str(tmp_path / "train.npy") and "kNN-5" in printed
     base = ("inpaint", "--model", out, "--npy", paths["damaged"], "--out", tmp_path / "j")
     assert "give --clean too" in error(capsys, *base, "--true-mask", paths["truth"])
+    assert "give --clean and --true-mask too" in error(capsys, *base, "--clean", paths["clean"], "--baseline-npy", tmp_path / "train.npy")
+    np.save(tmp_path / "train6.npy", train_images[:, :6, :6])
+    assert "are (6, 6, 1) each, the damaged images (8, 8, 1)" in error(
+        capsys, *base, "--clean", paths["clean"], "--true-mask", paths["truth"], "--baseline-npy", tmp_path / "train6.npy")
+    assert "give that too" in error(capsys, *base, "--clean", paths["clean"], "--true-mask", paths["truth"], "--baseline-classes", "0-4")
     wrong, empty = tmp_path / "wrong.npy", tmp_path / "empty.npy"
     np.save(wrong, truth[:5])
     np.save(empty, np.zeros((8, 8), bool))

@@ -98,6 +98,19 @@ def standardised(score: Callable, train_sample, **kwargs) -> Callable:
     return lambda images: (score(images) - mean) / std
 
 
+def mean_fill(train, damaged, masks) -> np.ndarray:
+    """Paste the mean training image into each image's mask.
+
+    ``train`` (N, H, W, C), ``damaged`` (M, H, W, C), ``masks`` bool (M, H, W) with True = damaged. Returns the
+    filled images (M, H, W, C), equal to ``damaged`` outside the masks.
+    """
+    damaged, masks = np.asarray(damaged), np.asarray(masks, dtype=bool)
+    if masks.shape != damaged.shape[:3]:
+        raise InputError(f"masks must have shape {damaged.shape[:3]} (one per image); got {masks.shape}")
+    mean_image = np.mean(train, axis=0, dtype=np.float64).astype(damaged.dtype)
+    return np.where(masks[..., None], mean_image[None], damaged)
+
+
 def knn_fill(train, damaged, masks, k: int = 5, chunk: int = 250) -> np.ndarray:
     """Paste the mean of the ``k`` training images nearest on each image's known pixels into its mask.
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import __version__, threads
-from .baselines import iou, region_mse
+from .baselines import iou, knn_fill, mean_fill, region_mse
 from .checkpoint import CHECKPOINT_FILE, MODEL_FILE, atomic_write_bytes, atomic_write_text, load_model, save_model
 from .data import DATASETS, fetch, load_dataset, load_npy, open_npy, parse_classes, read_array
 from .distributed import processes
@@ -335,17 +335,28 @@ def cmd_stats(args) -> int:
     return 0
 
 
-def _scored_images(args, prefix: str):
-    """Images for one side of `dcgmm outliers`: --PREFIX-npy, or --PREFIX-dataset with --PREFIX-classes."""
+def _named_images(args, prefix: str, split: str):
+    """Images and their description from --PREFIX-npy, or from --PREFIX-dataset (split ``split``) with
+    --PREFIX-classes; ``(None, None)`` when neither is given."""
     npy, dataset, classes = (getattr(args, f"{prefix}_{k}") for k in ("npy", "dataset", "classes"))
     if npy is not None:
         if dataset is not None or classes is not None:
             raise InputError(f"give either --{prefix}-npy or --{prefix}-dataset (with --{prefix}-classes), not both")
         return load_npy(npy), str(npy)
     if dataset is None:
+        if classes is not None:
+            raise InputError(f"--{prefix}-classes selects classes of --{prefix}-dataset: give that too")
+        return None, None
+    images, _ = load_dataset(dataset, split, parse_classes(classes), data_dir=args.data_dir)
+    return images, f"{dataset} {split}" + (f" classes {classes}" if classes else "")
+
+
+def _scored_images(args, prefix: str):
+    """Images for one side of `dcgmm outliers`: --PREFIX-npy, or --PREFIX-dataset with --PREFIX-classes."""
+    images, text = _named_images(args, prefix, args.split)
+    if images is None:
         raise InputError(f"say where the {prefix} come from: --{prefix}-dataset NAME [--{prefix}-classes 5-9] or --{prefix}-npy FILE")
-    images, _ = load_dataset(dataset, args.split, parse_classes(classes), data_dir=args.data_dir)
-    return images, f"{dataset} {args.split}" + (f" classes {classes}" if classes else "")
+    return images, text
 
 
 def cmd_outliers(args) -> int:
@@ -411,13 +422,18 @@ def cmd_inpaint(args) -> int:
     if clean is not None and clean.shape != damaged.shape:
         raise InputError(f"--clean has shape {clean.shape} but the damaged images have {damaged.shape}")
     truth = None if args.true_mask is None else _true_mask(args.true_mask, damaged.shape[:3], clean)
+    train, train_text = _named_images(args, "baseline", "train")
+    if train is not None and truth is None:
+        raise InputError("--baseline-dataset / --baseline-npy give the training images of the baselines scored on the damaged "
+                         "pixels: give --clean and --true-mask too")
+    if train is not None and train.shape[1:] != damaged.shape[1:]:
+        raise InputError(f"the baselines' training images ({train_text}) are {train.shape[1:]} each, the damaged images "
+                         f"{damaged.shape[1:]}: give training images of the same size")
     out = writable_folder(args.out, "--out")
+    options = dict(c=args.c, coverage=args.coverage, top_s=None if args.S == 0 else args.S, marginalize=args.marginalize,
+                   sharpening=_sharpening(args), generator=_generator(args, device), fill=args.fill, locate=args.locate)
     start = time.perf_counter()
-    result = inpaint(
-        model, damaged, mask=mask, c=args.c, coverage=args.coverage, top_s=None if args.S == 0 else args.S,
-        marginalize=args.marginalize, sharpening=_sharpening(args), generator=_generator(args, device), progress=not args.quiet,
-        fill=args.fill, locate=args.locate,
-    )
+    result = inpaint(model, damaged, mask=mask, progress=not args.quiet, **options)
     seconds = time.perf_counter() - start
     atomic_write_bytes(out / "inpainted.npy", npy_bytes(result.images))
     atomic_write_bytes(out / "replaced.npy", npy_bytes(result.masks))
@@ -438,6 +454,16 @@ def cmd_inpaint(args) -> int:
             print(f"  on the damaged pixels of --true-mask: error {report['mse_on_true_mask']:.4f} (damaged input: "
                   f"{report['mse_on_true_mask_damaged_input']:.4f}){outside}; replaced region vs --true-mask: IoU "
                   f"{report['iou_replaced_vs_true_mask']:.3f}")
+            if mask is None:  # the same fill where the damage really is: what finding it cost
+                given = inpaint(model, damaged, mask=truth, **options)
+                report["mse_on_true_mask_given_true_mask"] = region_mse(given.images, clean, truth)
+                print(f"  the model's fill given --true-mask as the mask: error {report['mse_on_true_mask_given_true_mask']:.4f}")
+            if train is not None:
+                report.update(baseline_images=train_text, mse_on_true_mask_mean_image=region_mse(mean_fill(train, damaged, truth), clean, truth),
+                              mse_on_true_mask_knn5=region_mse(knn_fill(train, damaged, truth), clean, truth))
+                print(f"  baselines given --true-mask, from {len(train)} images ({train_text}): the mean image pasted in "
+                      f"{report['mse_on_true_mask_mean_image']:.4f}, the mean of the 5 nearest on the known pixels (kNN-5) "
+                      f"{report['mse_on_true_mask_knn5']:.4f}")
         atomic_write_text(out / "inpainting.json", json.dumps(report, indent=1))
     print(f"  written to {out / 'inpainted.npy'}, {out / 'replaced.npy'}, {out / 'inpainting.png'}")
     return 0
@@ -677,6 +703,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--true-mask", help="optional .npy of booleans (N, H, W) or (H, W), with --clean: the pixels really damaged "
                    "(dcgmm occlude writes them as mask.npy), to report the error on and outside them and the IoU of the "
                    "replaced region; used for scoring only, unlike --mask")
+    p.add_argument("--baseline-dataset", choices=sorted(DATASETS) + ["fashion"], help="with --clean and --true-mask: training "
+                   "images (this named dataset's train split) for two baselines scored in the same run on the damaged pixels: "
+                   "the mean image pasted in, and kNN-5 (the mean of the 5 images nearest on each image's known pixels)")
+    p.add_argument("--baseline-classes", help="class subset of --baseline-dataset, e.g. 0-4 (the classes the model was trained on)")
+    p.add_argument("--baseline-npy", help="or: the baselines' training images as a .npy")
+    _add_data_dir(p)
     p.add_argument("--out", required=True, help="folder for inpainted.npy, replaced.npy, inpainting.png")
     p.set_defaults(func=cmd_inpaint)
 

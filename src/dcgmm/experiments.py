@@ -39,7 +39,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .baselines import flat_gmm, gmm_fill, gmm_scorer, iou, knn_fill, knn_scorer, matched_components, pca_scorer, region_mse, standardised
+from .baselines import (flat_gmm, gmm_fill, gmm_scorer, iou, knn_fill, knn_scorer, matched_components, mean_fill, pca_scorer,
+                        region_mse, standardised)
 from .checkpoint import atomic_write_text
 from .data import load_dataset
 from .errors import InputError
@@ -565,14 +566,13 @@ class Experiment:
         numbers, md_rows, csv_rows, figures = {}, [], [], []
         for data in self.datasets:
             train, clean = data.images("train", c.inliers), data.images("test", c.inliers)[: c.inpainting_images]
-            mean_image = train.mean(0)
             numbers[data.name] = {}
             matched = {arch: k for k, archs in self.em_sizes(c.inpainting_archs, tuple(train.shape[1:]), [c.em_components]).items()
                        for arch in archs}
             for fill in fills:
                 damaged, masks = occlude(clean, size=c.inpainting_square, fill=fill, seed=c.seed + 2)
                 baselines = {
-                    "mean_image": region_mse(np.where(masks[..., None], mean_image[None], damaged), clean, masks),
+                    "mean_image": region_mse(mean_fill(train, damaged, masks), clean, masks),
                     "knn5_true_mask": region_mse(knn_fill(train, damaged, masks), clean, masks),
                     "damaged": region_mse(damaged, clean, masks),
                 }
