@@ -3,6 +3,8 @@
 import json
 
 import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
 
 from dcgmm import DCGMM, TrainConfig, Trainer, load_model
 from dcgmm.pipeline import Images, layer_report, train_run
@@ -24,7 +26,15 @@ def test_train_run_fills_the_run_folder(digits, tmp_path):
     assert loaded.statistics.source == "digits 0-4" and loaded.statistics.layers[3].count == 600
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["layers"] == layer_report(loaded, inliers[600:]) == result["eval"]
-    assert 0 <= result["auroc"] <= 1 and json.loads((tmp_path / "outliers.json").read_text())["auroc"] == result["auroc"]
+    outlier_report = json.loads((tmp_path / "outliers.json").read_text())
+    assert 0 <= result["auroc"] <= 1 and outlier_report["auroc"] == result["auroc"]
+    # the baseline beside it, on the same images: kNN-5 on the training pixels, checked against a direct computation
+    def knn_score(image):
+        return -np.sort(np.sqrt(((inliers[:600] - image) ** 2).sum((1, 2, 3))))[:5].mean()
+    direct = roc_auc_score(np.r_[np.ones(len(inliers) - 600), np.zeros(200)],
+                           [knn_score(image) for image in np.concatenate([inliers[600:], others[:200]])])
+    assert result["knn5_auroc"] == outlier_report["baselines"]["kNN-5 on pixels"]["auroc"] == pytest.approx(direct, abs=2e-3)
+    assert any("kNN-5 on pixels (no model), same images" in line for line in lines)
     assert any(line.startswith("trained in") for line in lines) and len(json.loads((tmp_path / "history.json").read_text())) == 2
 
 

@@ -8,7 +8,9 @@
 * ``samples.png`` / ``samples.npy``: samples with the library's defaults (:func:`dcgmm.sampling.sample`);
 * with test images, ``eval.json``: every GMM layer's mean log-likelihood per image;
 * with held-out outlier images, ``outliers.json`` / ``outliers.png``: the Fig. 3 curve and AUROC of the test
-  images (inliers) against them.
+  images (inliers) against them, and beside them, on the same images, those of a baseline with no model:
+  kNN-5 on the pixels of the training images (:func:`dcgmm.baselines.knn_scorer`, standardised like the
+  model's scores over 2000 of the training images).
 
 Interrupting it (KeyboardInterrupt) or a diverging run (:class:`~dcgmm.errors.TrainingDiverged`) leaves the
 checkpoint of the last finished epoch; the exception reaches the caller.
@@ -26,11 +28,18 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .baselines import knn_scorer, standardised
 from .checkpoint import atomic_write_bytes, atomic_write_text, save_model
+from .data import ImageSource
 from .model import DCGMM
 from .outliers import fit_statistics, image_scores, outlier_curve
 from .sampling import DEFAULT_NOISE, DEFAULT_TOP_S, sample
 from .training import Trainer
+
+KNN_LABEL = "kNN-5 on pixels"
+"""The outlier baseline :func:`train_run` reports beside the model."""
+BASELINE_SAMPLE = 2000
+"""About this many training images standardise the baseline's scores."""
 
 
 @dataclass
@@ -63,6 +72,11 @@ def report_lines(layers: dict) -> list[str]:
         f"mean log-likelihood per image {row['mean_loglik_per_image']:10.2f}  (per position {row['mean_loglik_per_position']:.3f})"
         for key, row in layers.items()
     ]
+
+
+def _in_memory(images) -> np.ndarray:
+    """Images of any kind :class:`~dcgmm.data.ImageSource` reads, as one float32 array (N, H, W, C)."""
+    return np.concatenate([chunk.cpu().numpy() for chunk in ImageSource(images).chunks(10_000)])
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -100,7 +114,8 @@ def train_run(
 
     Returns
     -------
-    ``{"seconds": training time, "eval": layer report or None, "auroc": float or None}``.
+    ``{"seconds": training time, "eval": layer report or None, "auroc": float or None}``, with held-out outliers
+    also ``"knn5_auroc"``, the baseline's.
     """
     from .plots import plot_centroids, plot_history, plot_outlier_curves, plot_samples
 
@@ -142,9 +157,15 @@ def train_run(
         result["eval"] = layers
     if outliers is not None and test is not None:
         curve = outlier_curve(image_scores(model, test.images), image_scores(model, outliers.images))
-        report = {"model": model.spec, "inliers": test.description, "outliers": outliers.description, **curve}
+        train = _in_memory(trainer.images)
+        knn = standardised(knn_scorer(train), train[:: max(1, len(train) // BASELINE_SAMPLE)], skip_self=True)
+        baseline = outlier_curve(knn(_in_memory(test.images)), knn(_in_memory(outliers.images)))
+        report = {"model": model.spec, "inliers": test.description, "outliers": outliers.description, **curve,
+                  "baselines": {KNN_LABEL: baseline}}
         atomic_write_text(out / "outliers.json", json.dumps(report, indent=1))
-        plot_outlier_curves({model.spec: curve}, out / "outliers.png", title=f"{test.description} vs {outliers.description}, c from -2 to 2")
-        log(f"outlier detection, {test.description} vs {outliers.description}: AUROC {curve['auroc']:.3f} -> {out / 'outliers.png'}")
-        result["auroc"] = curve["auroc"]
+        plot_outlier_curves({model.spec: curve, KNN_LABEL: baseline}, out / "outliers.png",
+                            title=f"{test.description} vs {outliers.description}, c from -2 to 2")
+        log(f"outlier detection, {test.description} vs {outliers.description}: AUROC {curve['auroc']:.3f}; {KNN_LABEL} "
+            f"(no model), same images: {baseline['auroc']:.3f} -> {out / 'outliers.png'}")
+        result["auroc"], result["knn5_auroc"] = curve["auroc"], baseline["auroc"]
     return result
