@@ -74,6 +74,8 @@ def test_knn_fill_pastes_the_mean_of_the_nearest_on_the_known_pixels(split):
         np.testing.assert_array_equal(result[~mask], image[~mask])
     with pytest.raises(InputError, match="masks must have shape"):
         knn_fill(train, damaged, masks[:, :4])
+    with pytest.raises(InputError, match="k must lie in 1..3 for 3 training images; got 4"):
+        knn_fill(train[:3], damaged, masks, k=4)
 
 
 def test_mean_fill_pastes_the_mean_training_image(split):

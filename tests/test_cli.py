@@ -318,6 +318,9 @@ def test_inpaint_scores_against_the_true_mask(files, tmp_path, capsys, digits):
     np.save(tmp_path / "train6.npy", train_images[:, :6, :6])
     assert "are (6, 6, 1) each, the damaged images (8, 8, 1)" in error(
         capsys, *base, "--clean", paths["clean"], "--true-mask", paths["truth"], "--baseline-npy", tmp_path / "train6.npy")
+    np.save(tmp_path / "train4.npy", train_images[:4])
+    assert "are 4 images; kNN-5 needs at least 5" in error(
+        capsys, *base, "--clean", paths["clean"], "--true-mask", paths["truth"], "--baseline-npy", tmp_path / "train4.npy")
     assert "give that too" in error(capsys, *base, "--clean", paths["clean"], "--true-mask", paths["truth"], "--baseline-classes", "0-4")
     wrong, empty = tmp_path / "wrong.npy", tmp_path / "empty.npy"
     np.save(wrong, truth[:5])

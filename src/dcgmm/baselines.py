@@ -120,6 +120,8 @@ def knn_fill(train, damaged, masks, k: int = 5, chunk: int = 250) -> np.ndarray:
     damaged, masks = np.asarray(damaged), np.asarray(masks, dtype=bool)
     if masks.shape != damaged.shape[:3]:
         raise InputError(f"masks must have shape {damaged.shape[:3]} (one per image); got {masks.shape}")
+    if not 1 <= k <= len(train):
+        raise InputError(f"k must lie in 1..{len(train)} for {len(train)} training images; got {k}")
     t = torch.as_tensor(_flat(train), dtype=torch.float64)
     filled = damaged.copy()
     for start in range(0, len(damaged), chunk):

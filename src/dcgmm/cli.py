@@ -426,6 +426,8 @@ def cmd_inpaint(args) -> int:
     if train is not None and truth is None:
         raise InputError("--baseline-dataset / --baseline-npy give the training images of the baselines scored on the damaged "
                          "pixels: give --clean and --true-mask too")
+    if train is not None and len(train) < KNN_NEIGHBOURS:
+        raise InputError(f"the baselines' training images ({train_text}) are {len(train)} images; kNN-5 needs at least {KNN_NEIGHBOURS}")
     if train is not None and train.shape[1:] != damaged.shape[1:]:
         raise InputError(f"the baselines' training images ({train_text}) are {train.shape[1:]} each, the damaged images "
                          f"{damaged.shape[1:]}: give training images of the same size")
@@ -460,7 +462,7 @@ def cmd_inpaint(args) -> int:
                 print(f"  the model's fill given --true-mask as the mask: error {report['mse_on_true_mask_given_true_mask']:.4f}")
             if train is not None:
                 report.update(baseline_images=train_text, mse_on_true_mask_mean_image=region_mse(mean_fill(train, damaged, truth), clean, truth),
-                              mse_on_true_mask_knn5=region_mse(knn_fill(train, damaged, truth), clean, truth))
+                              mse_on_true_mask_knn5=region_mse(knn_fill(train, damaged, truth, k=KNN_NEIGHBOURS), clean, truth))
                 print(f"  baselines given --true-mask, from {len(train)} images ({train_text}): the mean image pasted in "
                       f"{report['mse_on_true_mask_mean_image']:.4f}, the mean of the 5 nearest on the known pixels (kNN-5) "
                       f"{report['mse_on_true_mask_knn5']:.4f}")
@@ -474,6 +476,10 @@ def _load_mask(path: str, option: str = "--mask") -> np.ndarray:
     if mask.dtype != bool and not (np.issubdtype(mask.dtype, np.number) and np.isin(mask, (0, 1)).all()):
         raise InputError(f"{option} {path} must hold booleans or 0/1 values; got dtype {mask.dtype}")
     return mask.astype(bool)
+
+
+KNN_NEIGHBOURS = 5
+"""The k of the kNN fill `dcgmm inpaint` scores beside the model (``--baseline-dataset``)."""
 
 
 def _true_mask(path: str, shape: tuple, clean) -> np.ndarray:
