@@ -19,6 +19,7 @@ replaced pixels and keeps the others at their input values.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ from .errors import InputError
 from .model import DCGMM
 from .outliers import pixel_map, position_mask, require_statistics
 from .topdown import SamplingOptions, Sharpening
+from .window_factors import WindowFactors
 
 
 DEFAULT_C = 1.0
@@ -127,6 +129,7 @@ def inpaint(
         raise InputError(f"locate must be 'evidence' (the calibrated search) or 'outliers' (the paper's Eq. 6); got {locate!r}")
     top = model.top_gmm
     lower = [i for i, _ in model.gmm_layers() if i != top]
+    factors = window_factors(model) if fill == "mean" and lower else None
     if mask is None:
         stats = require_statistics(model)
         if locate == "evidence":
@@ -159,13 +162,18 @@ def inpaint(
             outputs, knowns = model.estimate_known(x, missing=pixels)
 
         def fuse(index: int, control: torch.Tensor) -> torch.Tensor:
-            if index not in positions:
+            if index not in positions or (factors is not None and index == factors.layer):  # emit() conditions there
                 return control
             if fill == "mean":  # the posterior given the prior from above and the window's known pixels
                 return model.layers[index].posterior(control, x if index == 0 else outputs[index - 1], knowns[index])
             return torch.where(positions[index][..., None], control, outputs[index])  # Eq. 10: forward activity at inliers
 
-        result = model.top_down(top, outputs[top], options, fuse=fuse, keep=(~pixels[..., None], x))
+        def emit(index: int, control: torch.Tensor) -> torch.Tensor | None:
+            if factors is None or index != factors.layer:
+                return None
+            return factors.condition(control, x if index == 0 else outputs[index - 1], knowns[index])
+
+        result = model.top_down(top, outputs[top], options, fuse=fuse, keep=(~pixels[..., None], x), emit=emit)
         out_images.append(result.cpu().numpy())
         out_masks.append(pixels.cpu().numpy())
         for i in lower:
@@ -173,6 +181,22 @@ def inpaint(
     return Inpainted(
         np.concatenate(out_images), np.concatenate(out_masks), {i: np.concatenate(v) for i, v in out_positions.items()}
     )
+
+
+def window_factors(model: DCGMM) -> WindowFactors | None:
+    """The fill's window factors saved with ``model``'s statistics (on the model's device), or None — with a
+    warning when the statistics predate them."""
+    stats = model.statistics
+    if stats is None:
+        return None
+    if stats.windows is None:
+        warnings.warn(
+            "this model's statistics carry no window factors (they were computed by an older dcgmm), so the fill "
+            "predicts each window's missing pixels by component means alone, which is worse: recompute them with "
+            "`dcgmm stats --model RUN --dataset ...`", stacklevel=3,
+        )
+        return None
+    return stats.windows.to(model.device)
 
 
 def occlude(

@@ -14,7 +14,7 @@ from .data import ImageSource
 from .errors import InputError, SpecError
 from .layers import GMM, Classifier
 from .spec import build_layers, resolve, shorten
-from .topdown import Fuse, SamplingOptions, top_down
+from .topdown import Emit, Fuse, SamplingOptions, top_down
 
 
 def _is_integer(value) -> bool:
@@ -297,10 +297,11 @@ class DCGMM(nn.Module):
         options: SamplingOptions,
         fuse: Fuse | None = None,
         keep: tuple[torch.Tensor, torch.Tensor] | None = None,
+        emit: Emit | None = None,
     ) -> torch.Tensor:
         """The one top-down pass (:func:`dcgmm.topdown.top_down`): layer ``start`` receives ``control``
         ``(N, H', W', C')``; returns images ``(N, H, W, C)``."""
-        return top_down(self.layers, start, control, options, fuse=fuse, keep=keep)
+        return top_down(self.layers, start, control, options, fuse=fuse, keep=keep, emit=emit)
 
     @torch.no_grad()
     def sample(self, n: int, options: SamplingOptions = SamplingOptions()) -> torch.Tensor:

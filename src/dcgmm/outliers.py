@@ -32,6 +32,7 @@ from .damage import DEFAULT_FALSE_ALARM, DamageCalibration, calibrate, can_locat
 from .errors import InputError
 from .model import DCGMM
 from .progress import progress_bar
+from .window_factors import WindowFactors, fit_window_factors
 
 STD_FLOOR = 1e-3
 """Smallest standard deviation (nats) used to standardise a position's log-likelihood."""
@@ -110,6 +111,9 @@ class OutlierStatistics:
     """What data the statistics describe, e.g. ``mnist train classes 0-4``."""
     damage: DamageCalibration | None = None
     """The damage search's threshold, calibrated on the same images (:func:`dcgmm.damage.calibrate`)."""
+    windows: WindowFactors | None = None
+    """The in-painting fill's window factors, fitted on the same images (:func:`dcgmm.window_factors.fit_window_factors`);
+    None for a model without a GMM layer below the top, and in statistics computed before they existed."""
 
     @property
     def top(self) -> int:
@@ -124,6 +128,9 @@ class OutlierStatistics:
         meta = {"source": self.source, "counts": {str(i): s.count for i, s in self.layers.items()}}
         if self.damage is not None:
             meta["damage"] = self.damage.to_dict()
+        if self.windows is not None:
+            window_tensors, meta["windows"] = self.windows.to_tensors()
+            tensors.update(window_tensors)
         return tensors, meta
 
     @classmethod
@@ -135,7 +142,8 @@ class OutlierStatistics:
             for i, count in meta["counts"].items()
         }
         damage = DamageCalibration.from_dict(meta["damage"]) if "damage" in meta else None
-        return cls(layers, meta.get("source", ""), damage)
+        windows = WindowFactors.from_tensors(tensors, meta["windows"]) if "windows" in meta else None
+        return cls(layers, meta.get("source", ""), damage, windows)
 
 
 # ---------------------------------------------------------------------------------------------- fitting
@@ -150,7 +158,8 @@ def fit_statistics(model: DCGMM, images, batch_size: int = 500, source: str = ""
     source : a note on what the images are, stored with the statistics.
 
     Also calibrates the damage search of in-painting on the first images (:func:`dcgmm.damage.calibrate`,
-    at most ``false_alarm`` of them flagged) where the model allows one.
+    at most ``false_alarm`` of them flagged) where the model allows one, and fits the in-painting fill's
+    window factors on them (:func:`dcgmm.window_factors.fit_window_factors`).
 
     Returns
     -------
@@ -163,8 +172,9 @@ def fit_statistics(model: DCGMM, images, batch_size: int = 500, source: str = ""
         for i, log_p in model.estimate(x)[1].items():
             moments[i].update(log_p.cpu().numpy())
     damage = calibrate(model, images, false_alarm=false_alarm, batch_size=batch_size) if can_locate(model) else None
+    windows = fit_window_factors(model, images, batch_size=batch_size)
     stats = OutlierStatistics(
-        {i: LayerStatistics(i, m.count, m.mean, m.variance) for i, m in moments.items()}, source, damage
+        {i: LayerStatistics(i, m.count, m.mean, m.variance) for i, m in moments.items()}, source, damage, windows
     )
     model.statistics = stats
     return stats

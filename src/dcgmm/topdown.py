@@ -165,6 +165,7 @@ def sharpen(
 
 
 Fuse = Callable[[int, torch.Tensor], torch.Tensor]
+Emit = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 
 
 @torch.no_grad()
@@ -175,6 +176,7 @@ def top_down(
     options: SamplingOptions,
     fuse: Fuse | None = None,
     keep: tuple[torch.Tensor, torch.Tensor] | None = None,
+    emit: Emit | None = None,
 ) -> torch.Tensor:
     """Run the stack ``layers`` top-down from layer ``start``, which receives ``control``; returns the images.
 
@@ -186,6 +188,8 @@ def top_down(
         before it samples.
     keep : ``(hold, values)``, bool ``(N, H, W, 1)`` and ``(N, H, W, C)``: pixels where ``hold`` is True are
         held at ``values`` in the result and while the lowest signal is sharpened.
+    emit : with ``options.mean``, ``emit(index, control) -> signal``: the signal layer ``index`` sends down in
+        place of its expectation (in-painting's window factors, :mod:`dcgmm.window_factors`); None keeps it.
 
     Returns
     -------
@@ -199,7 +203,8 @@ def top_down(
             control = fuse(index, control)
         draw = options if index != start else unrestricted
         if options.mean:
-            control = layer.expected(control)
+            signal = None if emit is None else emit(index, control)
+            control = layer.expected(control) if signal is None else signal
         else:
             noise = draw.noise if index == lowest else draw.control_noise
             control = layer.sample(control, top_s=draw.top_s, noise=noise, generator=draw.generator)
