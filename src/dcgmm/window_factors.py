@@ -74,7 +74,8 @@ class WindowFactors:
 
         ``prior`` (N, H, W, K): non-negative component weights from above (normalised here); ``x`` (N, H, W, D):
         the layer's input; ``known`` (N, H, W, D): 1 where a dimension is known, 0 where not. Returns
-        (N, H, W, D). A window without a known dimension gets ``sum_k prior_k m_k``, a fully known one itself.
+        (N, H, W, D): on the missing dimensions the mixture of the components' Gaussian conditional means, on
+        the known ones their values. A window without a known dimension gets ``sum_k prior_k m_k``.
         """
         k, dim = self.means.shape
         flat_prior = prior.reshape(-1, k).clamp(min=0)
@@ -86,11 +87,12 @@ class WindowFactors:
         out = torch.where(full, values, flat_prior @ self.means)  # [P, D]
         partly = torch.nonzero((mask.amax(1) > 0) & ~full[:, 0]).flatten()
         for chunk in partly.split(_CHUNK):
-            out[chunk] = self._condition_rows(flat_prior[chunk], values[chunk], mask[chunk])
+            rows = self._condition_rows(flat_prior[chunk], values[chunk], mask[chunk])
+            out[chunk] = torch.where(mask[chunk] > 0, values[chunk], rows)
         return out.reshape(x.shape)
 
     def _condition_rows(self, prior: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """:meth:`condition` for rows: prior (B, K), x and mask (B, D) -> (B, D)."""
+        """``sum_k p(k | x_o) (m_k + W_k E[z | x_o, k])`` for rows: prior (B, K), x and mask (B, D) -> (B, D)."""
         m, w, s2 = self.means, self.loadings, self.noise
         k, dim, r = w.shape
         outer = (w[:, :, :, None] * w[:, :, None, :]).permute(1, 0, 2, 3).reshape(dim, k * r * r)  # W_kd W_kd^T

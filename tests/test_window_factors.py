@@ -1,0 +1,106 @@
+"""Window factors (dcgmm.window_factors): the fill's conditional mean against the textbook Gaussian formulas,
+the fit against a direct computation, saving, and their use by in-painting."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from dcgmm import DCGMM, load_model, save_model
+from dcgmm.inpainting import inpaint, occlude
+from dcgmm.window_factors import WindowFactors, fit_window_factors
+
+
+def random_factors(k=3, dim=6, rank=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    means = torch.rand(k, dim, generator=g, dtype=torch.float64)
+    loadings = 0.5 * torch.randn(k, dim, rank, generator=g, dtype=torch.float64)
+    noise = 0.05 + 0.1 * torch.rand(k, generator=g, dtype=torch.float64)
+    return WindowFactors(1, means, loadings, noise)
+
+
+def test_condition_is_the_mixture_of_gaussian_conditional_means():
+    """p(k | x_o) from each component's marginal Gaussian on the known dimensions (torch.distributions), and the
+    conditional mean m_m + C_mo C_oo^-1 (x_o - m_o), with C = W W^T + s^2 I — computed directly, row by row."""
+    factors = random_factors()
+    k, dim, _ = factors.loadings.shape
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 4, dim, generator=g, dtype=torch.float64)
+    known = (torch.rand(2, 3, 4, dim, generator=g) < 0.5).double()
+    known[0, 0, 0] = 0  # nothing known: the prior's mean
+    known[0, 0, 1] = 1  # everything known: the window itself
+    prior = torch.rand(2, 3, 4, k, generator=g, dtype=torch.float64)
+    result = factors.condition(prior, x, known)
+    assert result.shape == x.shape
+    for row, mask, weights, got in zip(x.reshape(-1, dim), known.reshape(-1, dim).bool(), prior.reshape(-1, k), result.reshape(-1, dim)):
+        o, m = mask, ~mask
+        log_post, means = [], []
+        for c in range(k):
+            mu, cov = factors.means[c], factors.loadings[c] @ factors.loadings[c].T + factors.noise[c] * torch.eye(dim, dtype=torch.float64)
+            full = mu.clone()
+            if o.any():
+                log_post.append(math.log(weights[c]) + torch.distributions.MultivariateNormal(mu[o], cov[o][:, o]).log_prob(row[o]).item())
+                full[m] = mu[m] + cov[m][:, o] @ torch.linalg.solve(cov[o][:, o], row[o] - mu[o])
+            else:
+                log_post.append(math.log(weights[c]))
+            full[o] = row[o]
+            means.append(full)
+        post = torch.softmax(torch.tensor(log_post, dtype=torch.float64), 0)
+        expected = (post[:, None] * torch.stack(means)).sum(0)
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_fit_is_the_ppca_of_the_responsibility_weighted_windows(digits):
+    """Means and covariances from the layer's responsibilities, computed directly; the factors' covariance keeps
+    the top eigenvalues and replaces the rest by their mean, floored at the variance floor."""
+    images = digits[0][:200]
+    model = DCGMM.from_spec("F(3,3,1,1) G(3) F(6,6,1,1) G(2)", input_shape=(8, 8, 1))
+    factors = fit_window_factors(model, images, rank=4, batch_size=64)
+    assert factors.layer == 1 and factors.loadings.shape == (3, 9, 4) and factors.means.shape == (3, 9)
+    with torch.no_grad():
+        windows = model.layers[0](torch.as_tensor(images)).reshape(-1, 9).double().numpy()
+        shares = model.layers[1](model.layers[0](torch.as_tensor(images))).reshape(-1, 3).double().numpy()
+    floor = model.layers[1].variance_floor
+    for c in range(3):
+        weights = shares[:, c] / shares[:, c].sum()
+        mean = weights @ windows
+        cov = (windows - mean).T @ ((windows - mean) * weights[:, None])
+        values = np.sort(np.linalg.eigvalsh(cov))[::-1]
+        noise = max(values[4:].mean(), floor)
+        np.testing.assert_allclose(factors.means[c].numpy(), mean, atol=1e-5)
+        assert factors.noise[c].item() == pytest.approx(noise, rel=1e-4)
+        fitted = (factors.loadings[c] @ factors.loadings[c].T).double().numpy() + noise * np.eye(9)
+        fitted_values = np.sort(np.linalg.eigvalsh(fitted))[::-1]
+        np.testing.assert_allclose(fitted_values, np.r_[np.maximum(values[:4], noise), np.full(5, noise)], rtol=1e-3, atol=1e-6)
+        # and the same directions: the covariance's top eigenvectors span the loadings
+        vectors = np.linalg.eigh(cov)[1][:, ::-1][:, :4]
+        loadings = factors.loadings[c].double().numpy()
+        np.testing.assert_allclose(vectors @ (vectors.T @ loadings), loadings, atol=1e-4)
+    assert fit_window_factors(DCGMM.from_spec("F(8,8,1,1) G(3)", input_shape=(8, 8, 1)), images) is None  # no layer below the top
+
+
+def test_factors_are_saved_and_used_by_the_fill(trained, digits, tmp_path):
+    model, train = trained
+    factors = model.statistics.windows
+    assert factors is not None and factors.layer == 1 and bool((factors.noise >= model.layers[1].variance_floor - 1e-7).all())
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m").statistics.windows
+    for name in ("means", "loadings", "noise"):
+        torch.testing.assert_close(getattr(loaded, name), getattr(factors, name))
+    images, labels = digits
+    clean = images[labels < 5][-100:]
+    damaged, masks = occlude(clean, size=(3, 4), fill=0.5, seed=3)
+    with_factors = inpaint(model, damaged, mask=masks).images
+    assert np.isfinite(with_factors).all() and np.array_equal(with_factors[~masks], damaged[~masks])
+    model.statistics.windows = None
+    try:
+        with pytest.warns(UserWarning, match="carry no window factors"):
+            without = inpaint(model, damaged, mask=masks).images
+    finally:
+        model.statistics.windows = factors
+    assert not np.allclose(with_factors, without)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inpaint(model, damaged, mask=masks)  # statistics with factors: no warning
