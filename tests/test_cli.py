@@ -510,7 +510,9 @@ def test_cli_train_eval_info(tmp_path, digits_npy, capsys):
     assert np.isfinite(report["layers"]["layer_3"]["mean_loglik_per_image"])
     capsys.readouterr()
     assert main(["info", "--model", str(run)]) == 0
-    assert "variance floor 0.05, top GMM layer 0.005" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "variance floor 0.05, top GMM layer 0.005" in printed
+    assert f"statistics over {digits_npy}: a calibrated damage search, window factors of layer 1 (rank 10)" in printed
     assert load_model(run).statistics.layers[3].count == 400  # outlier statistics saved with the model
     assert main(args[:-1] + ["--resume", "--epochs", "3", "--top-variance-floor", "0.01", "--quiet"]) == 2
     assert "(--top-variance-floor 0.005)" in capsys.readouterr().err

@@ -561,6 +561,13 @@ def cmd_info(args) -> int:
     print(f"{model.spec}  input {model.input_shape}  variance floor {floors[0]}{top}")
     for line in model.layer_summary():
         print("  " + line)
+    stats = model.statistics
+    if stats is None:
+        print("no outlier statistics: `dcgmm stats` computes them (outliers, damage search, in-painting fill)")
+    else:
+        damage = "a calibrated damage search" if stats.damage is not None else "no damage calibration"
+        windows = f"window factors of layer {stats.windows.layer} (rank {stats.windows.rank})" if stats.windows is not None else "no window factors"
+        print(f"statistics over {stats.source or 'unnamed images'}: {damage}, {windows}")
     return 0
 
 
