@@ -10,7 +10,8 @@ import torch
 
 from dcgmm import DCGMM, load_model, save_model
 from dcgmm.inpainting import inpaint, occlude
-from dcgmm.window_factors import WindowFactors, fit_window_factors
+from dcgmm.layers import Folding
+from dcgmm.window_factors import WindowFactors, fit_window_factors, precision_weighted
 
 
 def random_factors(k=3, dim=6, rank=2, seed=0):
@@ -21,35 +22,58 @@ def random_factors(k=3, dim=6, rank=2, seed=0):
     return WindowFactors(1, means, loadings, noise)
 
 
-def test_condition_is_the_mixture_of_gaussian_conditional_means():
+def test_condition_is_the_mixture_of_gaussian_conditionals():
     """p(k | x_o) from each component's marginal Gaussian on the known dimensions (torch.distributions), and the
-    conditional mean m_m + C_mo C_oo^-1 (x_o - m_o), with C = W W^T + s^2 I — computed directly, row by row."""
+    conditional mean m_m + C_mo C_oo^-1 (x_o - m_o) and variance diag(C_mm - C_mo C_oo^-1 C_om), with
+    C = W W^T + s^2 I — computed directly, row by row; the mixture's mean and variance from them."""
     factors = random_factors()
     k, dim, _ = factors.loadings.shape
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 3, 4, dim, generator=g, dtype=torch.float64)
     known = (torch.rand(2, 3, 4, dim, generator=g) < 0.5).double()
-    known[0, 0, 0] = 0  # nothing known: the prior's mean
+    known[0, 0, 0] = 0  # nothing known: the prior's mixture
     known[0, 0, 1] = 1  # everything known: the window itself
     prior = torch.rand(2, 3, 4, k, generator=g, dtype=torch.float64)
-    result = factors.condition(prior, x, known)
-    assert result.shape == x.shape
-    for row, mask, weights, got in zip(x.reshape(-1, dim), known.reshape(-1, dim).bool(), prior.reshape(-1, k), result.reshape(-1, dim)):
-        o, m = mask, ~mask
-        log_post, means = [], []
+    mean, variance = factors.condition(prior, x, known)
+    assert mean.shape == variance.shape == x.shape
+    rows = zip(x.reshape(-1, dim), known.reshape(-1, dim).bool(), prior.reshape(-1, k), mean.reshape(-1, dim), variance.reshape(-1, dim))
+    for row, o, weights, got_mean, got_variance in rows:
+        m = ~o
+        log_post, means, variances = [], [], []
         for c in range(k):
             mu, cov = factors.means[c], factors.loadings[c] @ factors.loadings[c].T + factors.noise[c] * torch.eye(dim, dtype=torch.float64)
-            full = mu.clone()
+            full, var = mu.clone(), cov.diagonal().clone()
+            log_post.append(math.log(weights[c]))
             if o.any():
-                log_post.append(math.log(weights[c]) + torch.distributions.MultivariateNormal(mu[o], cov[o][:, o]).log_prob(row[o]).item())
+                log_post[-1] += torch.distributions.MultivariateNormal(mu[o], cov[o][:, o]).log_prob(row[o]).item()
                 full[m] = mu[m] + cov[m][:, o] @ torch.linalg.solve(cov[o][:, o], row[o] - mu[o])
-            else:
-                log_post.append(math.log(weights[c]))
-            full[o] = row[o]
+                var[m] = (cov[m][:, m] - cov[m][:, o] @ torch.linalg.solve(cov[o][:, o], cov[o][:, m])).diagonal()
+            full[o], var[o] = row[o], 0.0
             means.append(full)
-        post = torch.softmax(torch.tensor(log_post, dtype=torch.float64), 0)
-        expected = (post[:, None] * torch.stack(means)).sum(0)
-        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+            variances.append(var)
+        post = torch.softmax(torch.tensor(log_post, dtype=torch.float64), 0)[:, None]
+        expected = (post * torch.stack(means)).sum(0)
+        spread = (post * (torch.stack(variances) + torch.stack(means) ** 2)).sum(0) - expected**2
+        torch.testing.assert_close(got_mean, expected, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(got_variance, spread, rtol=1e-7, atol=1e-9)
+
+
+def test_precision_weighted_windows_average_into_the_product_of_their_predictions():
+    fold = Folding((5, 5, 1), 3, 3, 1, 1)
+    g = torch.Generator().manual_seed(2)
+    mean = torch.rand(2, 3, 3, 9, generator=g, dtype=torch.float64)
+    variance = 0.01 + torch.rand(2, 3, 3, 9, generator=g, dtype=torch.float64)
+    variance[0, 0, 0, 4] = 0.0  # a known value: weight 1
+    got = fold.sample(precision_weighted(mean, variance, fold))
+    means, precisions = torch.zeros(2, 5, 5), torch.zeros(2, 5, 5)
+    for n in range(2):
+        for i in range(3):
+            for j in range(3):
+                for d in range(9):
+                    weight = 1.0 if variance[n, i, j, d] == 0 else 1 / variance[n, i, j, d]
+                    means[n, i + d // 3, j + d % 3] += weight * mean[n, i, j, d]
+                    precisions[n, i + d // 3, j + d % 3] += weight
+    torch.testing.assert_close(got[..., 0], (means / precisions).double(), rtol=1e-6, atol=1e-6)
 
 
 def test_fit_is_the_ppca_of_the_responsibility_weighted_windows(digits):

@@ -30,7 +30,8 @@ from .errors import InputError
 from .model import DCGMM
 from .outliers import pixel_map, position_mask, require_statistics
 from .topdown import SamplingOptions, Sharpening
-from .window_factors import WindowFactors
+from .layers import Folding
+from .window_factors import WindowFactors, precision_weighted
 
 
 DEFAULT_C = 1.0
@@ -171,7 +172,9 @@ def inpaint(
         def emit(index: int, control: torch.Tensor) -> torch.Tensor | None:
             if factors is None or index != factors.layer:
                 return None
-            return factors.condition(control, x if index == 0 else outputs[index - 1], knowns[index])
+            mean, variance = factors.condition(control, x if index == 0 else outputs[index - 1], knowns[index])
+            below = model.layers[index - 1] if index > 0 else None
+            return precision_weighted(mean, variance, below) if isinstance(below, Folding) else mean
 
         result = model.top_down(top, outputs[top], options, fuse=fuse, keep=(~pixels[..., None], x), emit=emit)
         out_images.append(result.cpu().numpy())
