@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dcgmm import DCGMM, load_model, save_model
+from dcgmm.errors import CheckpointError
 from dcgmm.inpainting import inpaint, occlude
 from dcgmm.layers import Folding
 from dcgmm.window_factors import WindowFactors, fit_window_factors, precision_weighted
@@ -128,3 +129,15 @@ def test_factors_are_saved_and_used_by_the_fill(trained, digits, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         inpaint(model, damaged, mask=masks)  # statistics with factors: no warning
+
+
+def test_a_saved_model_with_broken_factors_is_refused(trained, tmp_path):
+    model, _ = trained
+    factors = model.statistics.windows
+    model.statistics.windows = WindowFactors(factors.layer, factors.means, factors.loadings, torch.full_like(factors.noise, float("nan")))
+    try:
+        save_model(model, tmp_path / "m")
+    finally:
+        model.statistics.windows = factors
+    with pytest.raises(CheckpointError, match="statistics hold NaN or inf; recompute them with `dcgmm stats`"):
+        load_model(tmp_path / "m")
