@@ -105,7 +105,8 @@ def train_run(
     ----------
     source : what the training images are, stored with the outlier statistics.
     test : test images for ``eval.json`` (and the inliers of the outlier curve).
-    outliers : held-out images for the outlier curve (needs ``test``).
+    outliers : held-out images for the outlier curve (needs ``test``); the kNN-5 baseline beside it reads all
+        training images into memory at once.
     samples : how many samples to draw into ``samples.png``/``.npy`` (0: none).
     pictures : write ``training.png`` and the centroid pictures.
     extra : more metadata for ``model.safetensors``.
