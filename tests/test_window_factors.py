@@ -121,7 +121,7 @@ def test_factors_are_saved_and_used_by_the_fill(trained, digits, tmp_path):
     assert np.isfinite(with_factors).all() and np.array_equal(with_factors[~masks], damaged[~masks])
     model.statistics.windows = None
     try:
-        with pytest.warns(UserWarning, match="carry no window factors"):
+        with pytest.warns(UserWarning, match="carry no window or top factors"):
             without = inpaint(model, damaged, mask=masks).images
     finally:
         model.statistics.windows = factors

@@ -567,7 +567,8 @@ def cmd_info(args) -> int:
     else:
         damage = "a calibrated damage search" if stats.damage is not None else "no damage calibration"
         windows = f"window factors of layer {stats.windows.layer} (rank {stats.windows.rank})" if stats.windows is not None else "no window factors"
-        print(f"statistics over {stats.source or 'unnamed images'}: {damage}, {windows}")
+        top = f"top factors of layer {stats.top_factors.layer} (rank {stats.top_factors.rank})" if stats.top_factors is not None else "no top factors"
+        print(f"statistics over {stats.source or 'unnamed images'}: {damage}, {windows}, {top}")
     return 0
 
 

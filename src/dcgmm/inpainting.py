@@ -30,6 +30,7 @@ from .errors import InputError
 from .layers import Folding
 from .model import DCGMM
 from .outliers import pixel_map, position_mask, require_statistics
+from .top_factors import MAX_LOADINGS, DEFAULT_RANK as TOP_RANK, TopFactors
 from .topdown import SamplingOptions, Sharpening
 from .window_factors import WindowFactors, precision_weighted
 
@@ -133,7 +134,7 @@ def inpaint(
         raise InputError(f"locate must be 'evidence' (the calibrated search) or 'outliers' (the paper's Eq. 6); got {locate!r}")
     top = model.top_gmm
     lower = [i for i, _ in model.gmm_layers() if i != top]
-    factors = window_factors(model) if fill == "mean" and lower else None
+    factors, tops = fill_factors(model) if fill == "mean" and lower else (None, None)
     if mask is None:
         stats = require_statistics(model)
         if locate == "evidence":
@@ -173,6 +174,8 @@ def inpaint(
             return torch.where(positions[index][..., None], control, outputs[index])  # Eq. 10: forward activity at inliers
 
         def emit(index: int, control: torch.Tensor) -> torch.Tensor | None:
+            if tops is not None and index == tops.layer:  # the top layer's input predicted from its whole part
+                return tops.predict(control, outputs[index - 1], whole_inputs(model, pixels))
             if factors is None or index != factors.layer:
                 return None
             mean, variance = factors.condition(control, x if index == 0 else outputs[index - 1], knowns[index])
@@ -189,20 +192,34 @@ def inpaint(
     )
 
 
-def window_factors(model: DCGMM) -> WindowFactors | None:
-    """The fill's window factors saved with ``model``'s statistics (on the model's device), or None — with a
-    warning when the statistics predate them."""
+def fill_factors(model: DCGMM) -> tuple[WindowFactors | None, TopFactors | None]:
+    """The fill's window factors and top factors saved with ``model``'s statistics (on the model's device), each
+    or None — with a warning when the statistics predate them."""
     stats = model.statistics
     if stats is None:
-        return None
-    if stats.windows is None:
+        return None, None
+    layer = model.layers[model.top_gmm]
+    tops_expected = layer.n_components * layer.in_shape[2] * min(TOP_RANK, layer.in_shape[2] - 1) <= MAX_LOADINGS
+    if stats.windows is None or (stats.top_factors is None and tops_expected):
         warnings.warn(
-            "this model's statistics carry no window factors (they were computed by an older dcgmm), so the fill "
-            "predicts each window's missing pixels by component means alone, which is worse: recompute them with "
+            "this model's statistics carry no window or top factors (they were computed by an older dcgmm), so the "
+            "fill predicts the damaged pixels by component means alone, which is worse: recompute them with "
             "`dcgmm stats --model RUN --dataset ...`", stacklevel=3,
         )
-        return None
-    return stats.windows.to(model.device)
+    windows, tops = stats.windows, stats.top_factors
+    return (None if windows is None else windows.to(model.device)), (None if tops is None else tops.to(model.device))
+
+
+@torch.no_grad()
+def whole_inputs(model: DCGMM, pixels: torch.Tensor) -> torch.Tensor:
+    """1 where a dimension of the top GMM layer's input has no ``pixels`` (bool (N, H, W)) in its receptive
+    field, 0 where it has: (N, H', W', D) of that input's shape."""
+    below = max(i for i, _ in model.gmm_layers() if i != model.top_gmm)
+    touched = position_mask(model, below, pixels).to(torch.float32)[..., None]
+    touched = touched.expand(*touched.shape[:3], model.layers[below].n_components)
+    for layer in model.layers[below + 1 : model.top_gmm]:  # Folding and Pooling: a dimension is touched if any of its inputs is
+        touched = layer(touched)
+    return (touched == 0).to(torch.float32)
 
 
 def occlude(

@@ -32,6 +32,7 @@ from .damage import DEFAULT_FALSE_ALARM, DamageCalibration, calibrate, can_locat
 from .errors import InputError
 from .model import DCGMM
 from .progress import progress_bar
+from .top_factors import TopFactors, fit_top_factors
 from .window_factors import WindowFactors, fit_window_factors
 
 STD_FLOOR = 1e-3
@@ -114,6 +115,9 @@ class OutlierStatistics:
     windows: WindowFactors | None = None
     """The in-painting fill's window factors, fitted on the same images (:func:`dcgmm.window_factors.fit_window_factors`);
     None for a model without a GMM layer below the top, and in statistics computed before they existed."""
+    top_factors: TopFactors | None = None
+    """The in-painting fill's top factors, fitted on the same images (:func:`dcgmm.top_factors.fit_top_factors`);
+    None where the windows' are, for a top layer too large for them, and in statistics computed before they existed."""
 
     @property
     def top(self) -> int:
@@ -131,6 +135,9 @@ class OutlierStatistics:
         if self.windows is not None:
             window_tensors, meta["windows"] = self.windows.to_tensors()
             tensors.update(window_tensors)
+        if self.top_factors is not None:
+            top_tensors, meta["top_factors"] = self.top_factors.to_tensors()
+            tensors.update(top_tensors)
         return tensors, meta
 
     @classmethod
@@ -143,7 +150,8 @@ class OutlierStatistics:
         }
         damage = DamageCalibration.from_dict(meta["damage"]) if "damage" in meta else None
         windows = WindowFactors.from_tensors(tensors, meta["windows"]) if "windows" in meta else None
-        return cls(layers, meta.get("source", ""), damage, windows)
+        top_factors = TopFactors.from_tensors(tensors, meta["top_factors"]) if "top_factors" in meta else None
+        return cls(layers, meta.get("source", ""), damage, windows, top_factors)
 
 
 # ---------------------------------------------------------------------------------------------- fitting
@@ -159,7 +167,8 @@ def fit_statistics(model: DCGMM, images, batch_size: int = 500, source: str = ""
 
     Also calibrates the damage search of in-painting on the first images (:func:`dcgmm.damage.calibrate`,
     at most ``false_alarm`` of them flagged) where the model allows one, and fits the in-painting fill's
-    window factors on them (:func:`dcgmm.window_factors.fit_window_factors`).
+    window factors and top factors on them (:func:`dcgmm.window_factors.fit_window_factors`,
+    :func:`dcgmm.top_factors.fit_top_factors`).
 
     Returns
     -------
@@ -173,8 +182,9 @@ def fit_statistics(model: DCGMM, images, batch_size: int = 500, source: str = ""
             moments[i].update(log_p.cpu().numpy())
     damage = calibrate(model, images, false_alarm=false_alarm, batch_size=batch_size) if can_locate(model) else None
     windows = fit_window_factors(model, images, batch_size=batch_size)
+    top_factors = fit_top_factors(model, images, batch_size=batch_size)
     stats = OutlierStatistics(
-        {i: LayerStatistics(i, m.count, m.mean, m.variance) for i, m in moments.items()}, source, damage, windows
+        {i: LayerStatistics(i, m.count, m.mean, m.variance) for i, m in moments.items()}, source, damage, windows, top_factors
     )
     model.statistics = stats
     return stats
