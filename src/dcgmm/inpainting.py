@@ -112,11 +112,13 @@ def inpaint(
         components given the signal from above (as prior) and the known pixels of its window; every layer emits
         expectations; where the model's statistics carry window factors (:mod:`dcgmm.window_factors`, beyond
         the paper), the lowest GMM layer's windows are conditioned on their known pixels by them and combined
-        by precision. ``"sample"``: the paper's Eq. 10, one draw. On MNIST 0-4 with 2L-c (10-14 px squares,
+        by precision; where they carry top factors (:mod:`dcgmm.top_factors`), the top layer sends down its
+        input predicted at the dimensions the damage touches from those it leaves whole, instead of its
+        components' means. ``"sample"``: the paper's Eq. 10, one draw. On MNIST 0-4 with 2L-c (10-14 px squares,
         1000 test images) the mean was the better of the two already without window factors, both with the
         true mask (squared error 0.074 vs 0.081) and with the located damage (0.084 vs 0.090 on noise squares,
-        0.074 vs 0.081 on grey ones; ``dcgmm experiment inpainting``); with them, 0.063 given the true mask
-        (docs/inpainting.md).
+        0.074 vs 0.081 on grey ones; ``dcgmm experiment inpainting``); with the window factors 0.063 given the true
+        mask, with both kinds of factors 0.059 (docs/inpainting.md).
 
     Returns
     -------
