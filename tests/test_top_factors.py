@@ -1,15 +1,12 @@
 """Top factors (dcgmm.top_factors): the prediction against the textbook Gaussian conditional, the fit against a
-direct computation, the map of whole inputs against a loop over windows, saving, and their use by in-painting."""
-
-import warnings
+direct computation, the map of whole inputs against a loop over windows (saving and use by in-painting:
+tests/test_window_factors.py)."""
 
 import numpy as np
-import pytest
 import torch
 
-from dcgmm import DCGMM, load_model, save_model
-from dcgmm.errors import CheckpointError
-from dcgmm.inpainting import inpaint, occlude, whole_inputs
+from dcgmm import DCGMM
+from dcgmm.inpainting import whole_inputs
 from dcgmm.top_factors import NOISE_FLOOR, TopFactors, fit_top_factors
 
 
@@ -92,39 +89,3 @@ def test_whole_inputs_are_those_whose_windows_miss_every_damaged_pixel():
                     touched = bool(pixels[n, 2 * wy : 2 * wy + 4, 2 * wx : 2 * wx + 4].any())
                     assert got[n, i, j, d].item() == (0.0 if touched else 1.0)
     assert bool((got[0] == 1).all())
-
-
-def test_top_factors_are_saved_and_used_by_the_fill(trained, digits, tmp_path):
-    model, _ = trained
-    factors = model.statistics.top_factors
-    assert factors is not None and factors.layer == model.top_gmm and bool((factors.noise >= NOISE_FLOOR * (1 - 1e-6)).all())
-    save_model(model, tmp_path / "m")
-    loaded = load_model(tmp_path / "m").statistics.top_factors
-    for name in ("means", "loadings", "noise"):
-        torch.testing.assert_close(getattr(loaded, name), getattr(factors, name))
-    images, labels = digits
-    clean = images[labels < 5][-100:]
-    damaged, masks = occlude(clean, size=(3, 4), fill=0.5, seed=3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with_factors = inpaint(model, damaged, mask=masks).images
-    assert np.isfinite(with_factors).all() and np.array_equal(with_factors[~masks], damaged[~masks])
-    model.statistics.top_factors = None
-    try:
-        with pytest.warns(UserWarning, match="carry no window or top factors"):
-            without = inpaint(model, damaged, mask=masks).images
-    finally:
-        model.statistics.top_factors = factors
-    assert not np.allclose(with_factors, without)
-
-
-def test_a_saved_model_with_broken_top_factors_is_refused(trained, tmp_path):
-    model, _ = trained
-    factors = model.statistics.top_factors
-    model.statistics.top_factors = TopFactors(factors.layer, factors.means, torch.full_like(factors.loadings, float("inf")), factors.noise)
-    try:
-        save_model(model, tmp_path / "m")
-    finally:
-        model.statistics.top_factors = factors
-    with pytest.raises(CheckpointError, match="statistics hold NaN or inf; recompute them with `dcgmm stats`"):
-        load_model(tmp_path / "m")

@@ -1,5 +1,5 @@
 """Window factors (dcgmm.window_factors): the fill's conditional mean against the textbook Gaussian formulas,
-the fit against a direct computation, saving, and their use by in-painting."""
+the fit against a direct computation; saving and use by in-painting, for them and the top factors."""
 
 import math
 import warnings
@@ -12,6 +12,7 @@ from dcgmm import DCGMM, load_model, save_model
 from dcgmm.errors import CheckpointError
 from dcgmm.inpainting import inpaint, occlude
 from dcgmm.layers import Folding
+from dcgmm.top_factors import NOISE_FLOOR
 from dcgmm.window_factors import WindowFactors, fit_window_factors, precision_weighted
 
 
@@ -106,38 +107,46 @@ def test_fit_is_the_ppca_of_the_responsibility_weighted_windows(digits):
     assert fit_window_factors(DCGMM.from_spec("F(8,8,1,1) G(3)", input_shape=(8, 8, 1)), images) is None  # no layer below the top
 
 
-def test_factors_are_saved_and_used_by_the_fill(trained, digits, tmp_path):
+@pytest.mark.parametrize("kind", ["windows", "top_factors"])
+def test_factors_are_saved_and_used_by_the_fill(kind, trained, digits, tmp_path):
+    """Window factors and top factors (dcgmm.top_factors) alike: saved and reloaded, used by the fill (which
+    changes without them and warns), no warning with both."""
     model, train = trained
-    factors = model.statistics.windows
-    assert factors is not None and factors.layer == 1 and bool((factors.noise >= model.layers[1].variance_floor - 1e-7).all())
+    factors = getattr(model.statistics, kind)
+    assert factors is not None
+    if kind == "windows":
+        assert factors.layer == 1 and bool((factors.noise >= model.layers[1].variance_floor - 1e-7).all())
+    else:
+        assert factors.layer == model.top_gmm and bool((factors.noise >= NOISE_FLOOR * (1 - 1e-6)).all())
     save_model(model, tmp_path / "m")
-    loaded = load_model(tmp_path / "m").statistics.windows
+    loaded = getattr(load_model(tmp_path / "m").statistics, kind)
+    assert type(loaded) is type(factors)
     for name in ("means", "loadings", "noise"):
         torch.testing.assert_close(getattr(loaded, name), getattr(factors, name))
     images, labels = digits
     clean = images[labels < 5][-100:]
     damaged, masks = occlude(clean, size=(3, 4), fill=0.5, seed=3)
-    with_factors = inpaint(model, damaged, mask=masks).images
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # statistics with both kinds: no warning
+        with_factors = inpaint(model, damaged, mask=masks).images
     assert np.isfinite(with_factors).all() and np.array_equal(with_factors[~masks], damaged[~masks])
-    model.statistics.windows = None
+    setattr(model.statistics, kind, None)
     try:
         with pytest.warns(UserWarning, match="carry no window or top factors"):
             without = inpaint(model, damaged, mask=masks).images
     finally:
-        model.statistics.windows = factors
+        setattr(model.statistics, kind, factors)
     assert not np.allclose(with_factors, without)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        inpaint(model, damaged, mask=masks)  # statistics with factors: no warning
 
 
-def test_a_saved_model_with_broken_factors_is_refused(trained, tmp_path):
+@pytest.mark.parametrize("kind", ["windows", "top_factors"])
+def test_a_saved_model_with_broken_factors_is_refused(kind, trained, tmp_path):
     model, _ = trained
-    factors = model.statistics.windows
-    model.statistics.windows = WindowFactors(factors.layer, factors.means, factors.loadings, torch.full_like(factors.noise, float("nan")))
+    factors = getattr(model.statistics, kind)
+    setattr(model.statistics, kind, type(factors)(factors.layer, factors.means, factors.loadings, torch.full_like(factors.noise, float("nan"))))
     try:
         save_model(model, tmp_path / "m")
     finally:
-        model.statistics.windows = factors
+        setattr(model.statistics, kind, factors)
     with pytest.raises(CheckpointError, match="statistics hold NaN or inf; recompute them with `dcgmm stats`"):
         load_model(tmp_path / "m")

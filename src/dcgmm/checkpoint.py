@@ -125,9 +125,9 @@ def model_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source:
             model.statistics = OutlierStatistics.from_tensors(tensors, metadata["statistics"])
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise CheckpointError(f"{source}: outlier statistics are incomplete ({exc}); recompute them with `dcgmm stats`") from None
-        windows, top = model.statistics.windows, model.statistics.top_factors
-        finite_windows = windows is None or all(bool(torch.isfinite(t).all()) for t in (windows.means, windows.loadings, windows.noise))
-        if not finite_windows or (top is not None and not top.finite()) or not all(np.isfinite(s.mean).all() and np.isfinite(s.variance).all() for s in model.statistics.layers.values()):
+        stats = model.statistics
+        factors = [f for f in (stats.windows, stats.top_factors) if f is not None]
+        if not all(f.finite() for f in factors) or not all(np.isfinite(s.mean).all() and np.isfinite(s.variance).all() for s in stats.layers.values()):
             raise CheckpointError(f"{source}: its outlier statistics hold NaN or inf; recompute them with `dcgmm stats`")
     return model
 

@@ -22,8 +22,11 @@ mask) it took the fill's squared error from 0.0634 to 0.058 (docs/inpainting.md)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
+
+from .window_factors import Factors
 
 DEFAULT_RANK = 20
 """Rank r of every top component's factors. Measured on MNIST 0-4 with 2L-c, true masks, 1000 held-out test
@@ -40,36 +43,10 @@ _MIN_WEIGHT = 1e-3
 
 
 @dataclass
-class TopFactors:
-    """Factor analysers of the top GMM layer ``layer``'s input, one per component."""
+class TopFactors(Factors):
+    """Factor analysers of the top GMM layer ``layer``'s input, one per component: noise ``Psi_k`` of shape (K, D)."""
 
-    layer: int
-    """Index of the top GMM layer in the stack."""
-    means: torch.Tensor
-    """m_k, shape (K, D)."""
-    loadings: torch.Tensor
-    """W_k, shape (K, D, r)."""
-    noise: torch.Tensor
-    """Psi_k, shape (K, D)."""
-
-    @property
-    def rank(self) -> int:
-        return self.loadings.shape[2]
-
-    def to(self, device) -> "TopFactors":
-        return TopFactors(self.layer, self.means.to(device), self.loadings.to(device), self.noise.to(device))
-
-    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """Tensors and JSON metadata for a safetensors file."""
-        tensors = {"top.means": self.means, "top.loadings": self.loadings, "top.noise": self.noise}
-        return {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, {"layer": self.layer}
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "TopFactors":
-        return cls(int(meta["layer"]), tensors["top.means"], tensors["top.loadings"], tensors["top.noise"])
-
-    def finite(self) -> bool:
-        return all(bool(torch.isfinite(t).all()) for t in (self.means, self.loadings, self.noise))
+    prefix: ClassVar[str] = "top"
 
     def predict(self, posterior: torch.Tensor, h: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
         """The expected input ``sum_k q_k E[h | h_o, k]`` (see the module), negative entries 0, observed entries

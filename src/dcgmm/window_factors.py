@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -44,9 +45,11 @@ _CHUNK = 2048
 
 
 @dataclass
-class WindowFactors:
-    """Probabilistic PCA of every component's windows, for the GMM layer ``layer`` (the lowest one)."""
+class Factors:
+    """Low-rank Gaussians of a GMM layer's input, one per component, as saved with a model's statistics."""
 
+    prefix: ClassVar[str] = ""
+    """Name prefix of the tensors in the safetensors file."""
     layer: int
     """Index of the GMM layer in the stack."""
     means: torch.Tensor
@@ -54,23 +57,34 @@ class WindowFactors:
     loadings: torch.Tensor
     """W_k, shape (K, D, r)."""
     noise: torch.Tensor
-    """s_k^2, shape (K,)."""
+    """The noise variances: (K,) for an isotropic noise s_k^2, (K, D) for a diagonal one."""
 
     @property
     def rank(self) -> int:
         return self.loadings.shape[2]
 
-    def to(self, device) -> "WindowFactors":
-        return WindowFactors(self.layer, self.means.to(device), self.loadings.to(device), self.noise.to(device))
+    def to(self, device):
+        return type(self)(self.layer, self.means.to(device), self.loadings.to(device), self.noise.to(device))
+
+    def finite(self) -> bool:
+        return all(bool(torch.isfinite(t).all()) for t in (self.means, self.loadings, self.noise))
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Tensors and JSON metadata for a safetensors file."""
-        tensors = {"windows.means": self.means, "windows.loadings": self.loadings, "windows.noise": self.noise}
+        tensors = {f"{self.prefix}.{name}": getattr(self, name) for name in ("means", "loadings", "noise")}
         return {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, {"layer": self.layer}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "WindowFactors":
-        return cls(int(meta["layer"]), tensors["windows.means"], tensors["windows.loadings"], tensors["windows.noise"])
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict):
+        return cls(int(meta["layer"]), *(tensors[f"{cls.prefix}.{name}"] for name in ("means", "loadings", "noise")))
+
+
+@dataclass
+class WindowFactors(Factors):
+    """Probabilistic PCA of every component's windows, for the GMM layer ``layer`` (the lowest one): noise
+    ``s_k^2`` of shape (K,)."""
+
+    prefix: ClassVar[str] = "windows"
 
     def condition(self, prior: torch.Tensor, x: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The expected window given its known dimensions, ``sum_k p(k | x_o) E[x | x_o, k]``, and its variance.
