@@ -30,7 +30,7 @@ from .errors import InputError
 from .layers import Folding
 from .model import DCGMM
 from .outliers import pixel_map, position_mask, require_statistics
-from .top_factors import MAX_LOADINGS, DEFAULT_RANK as TOP_RANK, TopFactors
+from .top_factors import TopFactors, fits
 from .topdown import SamplingOptions, Sharpening
 from .window_factors import WindowFactors, precision_weighted
 
@@ -200,9 +200,7 @@ def fill_factors(model: DCGMM) -> tuple[WindowFactors | None, TopFactors | None]
     stats = model.statistics
     if stats is None:
         return None, None
-    layer = model.layers[model.top_gmm]
-    tops_expected = layer.n_components * layer.in_shape[2] * min(TOP_RANK, layer.in_shape[2] - 1) <= MAX_LOADINGS
-    if stats.windows is None or (stats.top_factors is None and tops_expected):
+    if stats.windows is None or (stats.top_factors is None and fits(model.layers[model.top_gmm])):
         warnings.warn(
             "this model's statistics carry no window or top factors (they were computed by an older dcgmm), so the "
             "fill predicts the damaged pixels by component means alone, which is worse: recompute them with "
