@@ -33,7 +33,7 @@ def test_drops_to_one_thread_when_shared_and_returns_when_free(two_threads):
     assert torch.get_num_threads() == 2
     clocks.advance(0.4, 0.95, 0.0)  # both threads busy for the whole window: ratio 1.05/1 -> alone
     governor.step()
-    assert torch.get_num_threads() == 2 and governor.changes == []
+    assert torch.get_num_threads() == 2 and governor.changes == [] and governor.summary() is None
     clocks.advance(0.5, 0.5, 0.0)  # two threads got one core's worth: shared
     governor.step()
     assert torch.get_num_threads() == 1 and governor.changes == [("down", 1)]
@@ -43,6 +43,8 @@ def test_drops_to_one_thread_when_shared_and_returns_when_free(two_threads):
     clocks.advance(0.5, 0.5, 0.5)  # a whole core idle over the window: back to both
     governor.step()
     assert torch.get_num_threads() == 2 and governor.changes == [("down", 1), ("up", 2)]
+    assert "thread count 2 time(s) (1 down to 1 thread)" in governor.summary()
+    assert "--threads N" in governor.summary()
     torch.set_num_threads(1)
     governor.restore()
     assert torch.get_num_threads() == 2

@@ -11,7 +11,8 @@ compares the process's CPU time with the wall time of its threads over windows o
 when they get less than 3/4 of the cores they run on, it drops to one thread (no parallel regions, so no
 spinning against the other process), and it goes back to all threads once a core has been idle over a
 window. ``dcgmm train`` uses it unless ``--threads N`` fixes the count (docs/benchmarks.md: two default runs
-side by side each take ~1.6x their time alone).
+side by side each take ~1.6x their time alone), and says at the end when it changed the count: a run reproduces
+bit for bit with the same seed only at one thread count.
 """
 
 from __future__ import annotations
@@ -82,6 +83,18 @@ class ThreadGovernor:
             torch.set_num_threads(self.full)
             self.changes.append(("up", self.full))
         self._mark()
+
+    def summary(self) -> str | None:
+        """What a user should know about the changes made, or None when there were none: with another thread
+        count, sums are added in another order, so the run is not bit-for-bit reproducible."""
+        if not self.changes:
+            return None
+        downs = sum(1 for direction, _ in self.changes if direction == "down")
+        return (
+            f"another process competed for the cores, so the run changed its thread count {len(self.changes)} time(s) "
+            f"({downs} down to 1 thread): its floating-point sums ran in more than one order, and the same seed may "
+            "not reproduce it bit for bit; `--threads N` fixes the count"
+        )
 
     def restore(self) -> None:
         """Back to the thread count the governor started with."""
