@@ -32,6 +32,8 @@ def test_statistics_sampling_sharpening_and_inpainting_on_the_gpu(digits):
     images = digits[0][:400]
     model = _trained(images, "cuda")
     fit_statistics(model, images)
+    tops, windows = model.statistics.top_factors, model.statistics.windows  # the fill's factors, fitted on the GPU
+    assert tops is not None and windows is not None and tops.finite() and windows.finite()
     scores = image_scores(model, images[:50])
     assert scores.shape == (50,) and np.isfinite(scores).all()
     generator = torch.Generator(device="cuda").manual_seed(0)
