@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dcgmm import DCGMM, load_model, save_model
+from dcgmm import DCGMM, load_model, save_model, window_factors
 from dcgmm.errors import CheckpointError
 from dcgmm.inpainting import inpaint, occlude
 from dcgmm.layers import Folding
@@ -150,3 +150,14 @@ def test_a_saved_model_with_broken_factors_is_refused(kind, trained, tmp_path):
         setattr(model.statistics, kind, factors)
     with pytest.raises(CheckpointError, match="statistics hold NaN or inf; recompute them with `dcgmm stats`"):
         load_model(tmp_path / "m")
+
+
+def test_windows_too_large_for_factors_get_none_and_no_warning(trained, digits, monkeypatch):
+    model, train = trained
+    monkeypatch.setattr(window_factors, "MAX_ELEMENTS", 10)
+    assert fit_window_factors(model, train) is None
+    monkeypatch.setattr(model.statistics, "windows", None)
+    damaged, masks = occlude(digits[0][:20], size=(3, 4), fill=0.5, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # statistics as complete as this model allows: no warning
+        inpaint(model, damaged, mask=masks)

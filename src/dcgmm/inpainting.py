@@ -30,7 +30,8 @@ from .errors import InputError
 from .layers import Folding
 from .model import DCGMM
 from .outliers import pixel_map, position_mask, require_statistics
-from .top_factors import TopFactors, fits
+from . import top_factors, window_factors
+from .top_factors import TopFactors
 from .topdown import SamplingOptions, Sharpening
 from .window_factors import WindowFactors, precision_weighted
 
@@ -200,7 +201,9 @@ def fill_factors(model: DCGMM) -> tuple[WindowFactors | None, TopFactors | None]
     stats = model.statistics
     if stats is None:
         return None, None
-    if stats.windows is None or (stats.top_factors is None and fits(model.layers[model.top_gmm])):
+    lowest = min(i for i, _ in model.gmm_layers())  # the caller has a GMM layer below the top
+    missing_windows = stats.windows is None and window_factors.fits(model.layers[lowest])
+    if missing_windows or (stats.top_factors is None and top_factors.fits(model.layers[model.top_gmm])):
         warnings.warn(
             "this model's statistics carry no window or top factors (they were computed by an older dcgmm), so the "
             "fill predicts the damaged pixels by component means alone, which is worse: recompute them with "

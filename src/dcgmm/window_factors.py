@@ -147,6 +147,13 @@ def precision_weighted(mean: torch.Tensor, variance: torch.Tensor, fold) -> torc
     return mean * weight / total * count
 
 
+def fits(layer) -> bool:
+    """Whether :func:`fit_window_factors` fits factors for the GMM layer ``layer``: windows of at least two
+    dimensions, and second moments of at most :data:`MAX_ELEMENTS` elements."""
+    k, dim = layer.n_components, layer.in_shape[2]
+    return dim >= 2 and k * dim * dim <= MAX_ELEMENTS
+
+
 @torch.no_grad()
 def fit_window_factors(model, images, rank: int = DEFAULT_RANK, batch_size: int = 500,
                        max_windows: int = FIT_WINDOWS) -> WindowFactors | None:
@@ -165,10 +172,10 @@ def fit_window_factors(model, images, rank: int = DEFAULT_RANK, batch_size: int 
         return None
     index = lower[0]
     layer = model.layers[index]
+    if not fits(layer):
+        return None
     k, dim = layer.n_components, layer.in_shape[2]
     rank = min(rank, dim - 1)
-    if rank < 1 or k * dim * dim > MAX_ELEMENTS:
-        return None
     weight = torch.zeros(k, dtype=torch.float64, device=model.device)
     first = torch.zeros(k, dim, dtype=torch.float64, device=model.device)
     second = torch.zeros(k, dim, dim, dtype=torch.float64, device=model.device)
