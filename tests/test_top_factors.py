@@ -1,14 +1,12 @@
 """Top factors (dcgmm.top_factors): the prediction against the textbook Gaussian conditional, the fit against a
-direct computation, the map of whole inputs against a loop over windows (saving and use by in-painting:
-tests/test_window_factors.py)."""
-
-import warnings
+direct computation, the map of whole inputs against a loop over windows (saving, use by in-painting and
+layers too large for factors: tests/test_window_factors.py)."""
 
 import numpy as np
 import torch
 
-from dcgmm import DCGMM, top_factors
-from dcgmm.inpainting import inpaint, occlude, whole_inputs
+from dcgmm import DCGMM
+from dcgmm.inpainting import whole_inputs
 from dcgmm.top_factors import NOISE_FLOOR, TopFactors, fit_top_factors
 
 
@@ -92,13 +90,3 @@ def test_whole_inputs_are_those_whose_windows_miss_every_damaged_pixel():
                     assert got[n, i, j, d].item() == (0.0 if touched else 1.0)
     assert bool((got[0] == 1).all())
 
-
-def test_a_top_layer_too_large_for_factors_gets_none_and_no_warning(trained, digits, monkeypatch):
-    model, train = trained
-    monkeypatch.setattr(top_factors, "MAX_LOADINGS", 10)
-    assert fit_top_factors(model, train) is None
-    monkeypatch.setattr(model.statistics, "top_factors", None)
-    damaged, masks = occlude(digits[0][:20], size=(3, 4), fill=0.5, seed=3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # statistics as complete as this model allows: no warning
-        inpaint(model, damaged, mask=masks)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from dcgmm import DCGMM, load_model, save_model, window_factors
+from dcgmm import DCGMM, load_model, save_model, top_factors, window_factors
 from dcgmm.errors import CheckpointError
 from dcgmm.inpainting import inpaint, occlude
 from dcgmm.layers import Folding
-from dcgmm.top_factors import NOISE_FLOOR
+from dcgmm.top_factors import NOISE_FLOOR, fit_top_factors
 from dcgmm.window_factors import WindowFactors, fit_window_factors, precision_weighted
 
 
@@ -152,11 +152,16 @@ def test_a_saved_model_with_broken_factors_is_refused(kind, trained, tmp_path):
         load_model(tmp_path / "m")
 
 
-def test_windows_too_large_for_factors_get_none_and_no_warning(trained, digits, monkeypatch):
+
+@pytest.mark.parametrize("kind, module, limit, fit", [
+    ("windows", window_factors, "MAX_ELEMENTS", fit_window_factors),
+    ("top_factors", top_factors, "MAX_LOADINGS", fit_top_factors),
+])
+def test_a_layer_too_large_for_factors_gets_none_and_no_warning(kind, module, limit, fit, trained, digits, monkeypatch):
     model, train = trained
-    monkeypatch.setattr(window_factors, "MAX_ELEMENTS", 10)
-    assert fit_window_factors(model, train) is None
-    monkeypatch.setattr(model.statistics, "windows", None)
+    monkeypatch.setattr(module, limit, 10)
+    assert fit(model, train) is None
+    monkeypatch.setattr(model.statistics, kind, None)
     damaged, masks = occlude(digits[0][:20], size=(3, 4), fill=0.5, seed=3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # statistics as complete as this model allows: no warning
