@@ -9,8 +9,8 @@ import torch
 from dcgmm import DCGMM, InputError, load_model, save_model
 from dcgmm.damage import (
     DamageCalibration, _search, calibrate, check_calibration, clean_up, default_min_size, drop_rare_values, drop_smooth_pixels,
-    flat_patches, flat_threshold, flat_window_evidence, locate_damage, pixel_evidence, residual, rough_patches, rough_threshold,
-    roughness,
+    flat_patches, flat_threshold, flat_window_evidence, line_residual, locate_damage, peel_smooth_edges, pixel_evidence, residual,
+    rough_patches, rough_threshold, roughness,
 )
 from dcgmm.inpainting import inpaint, occlude
 from dcgmm.outliers import fit_statistics
@@ -125,6 +125,35 @@ def test_a_noise_patch_drops_the_smooth_strokes_that_touch_it_and_a_smooth_area_
     assert not kept[0, 4:7].any()  # the stroke's smooth rows, away from the noise
     assert kept[0, 9:14, 4:12].all()  # the noise patch
     assert torch.equal(kept & ~found, torch.zeros_like(found))
+
+
+def test_line_residual_matches_a_loop_over_the_four_lines():
+    images = torch.rand(2, 7, 6, 2, generator=torch.Generator().manual_seed(3))
+    v = images.mean(-1).numpy().astype(np.float64)
+    expected = np.zeros(v.shape)
+    for n in range(2):
+        span = v[n].max() - v[n].min()
+        at = lambda i, j: v[n, min(max(i, 0), 6), min(max(j, 0), 5)]  # edges replicated
+        for i in range(7):
+            for j in range(6):
+                lines = [max(abs(v[n, i, j] - at(i + dy, j + dx)), abs(v[n, i, j] - at(i - dy, j - dx))) for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1))]
+                expected[n, i, j] = min(lines) / span
+    np.testing.assert_allclose(line_residual(images).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_peeling_a_noise_area_drops_the_stroke_along_its_edge_and_keeps_the_noise_and_smooth_areas():
+    images = torch.zeros(2, 20, 20, 1)
+    images[0, 4:15, 4:14] = torch.rand(11, 10, 1, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1  # noise
+    images[0, 2:18, 14] = 1.0  # a vertical stroke along the noise's right edge
+    images[1, 4:15, 4:14] = 0.5  # a constant patch, smooth everywhere
+    images[1, 2:18, 14] = 1.0
+    found = torch.zeros(2, 20, 20, dtype=torch.bool)
+    found[:, 4:15, 4:15] = True  # the patch and the stroke beside it
+    peeled = peel_smooth_edges(found, images, 5)
+    assert not peeled[0, :, 14].any()  # the stroke: its neighbours along the column match it
+    assert peeled[0, 4:15, 4:14].float().mean() >= 0.95  # the noise: an edge pixel lies on a smooth line by chance only
+    assert torch.equal(peeled[1], found[1])  # not a noise area: kept as it is
+    assert torch.equal(peeled & ~found, torch.zeros_like(found))
 
 
 def naive_flat_window_evidence(image: np.ndarray, evidence: np.ndarray, size: int, background: bool) -> np.ndarray:

@@ -41,12 +41,17 @@ above*:
    round then leaves most of the image out and cannot correct it, this one sees all of it but the patch
    (FashionMNIST 0-4, 2L-c, black squares: IoU 0.728 -> 0.837, error outside the square 0.0114 -> 0.0022;
    `benchmarks/inpainting.py --fills 0.0 1.0`).
+8. The edge of a noise area, peeled (:func:`peel_smooth_edges`). Where a stroke runs along a noise square,
+   its pixels next to the noise are rough by step 5's 3x3 measure and stay; on their own they lie on a smooth
+   line (:func:`line_residual`), which noise rarely does. Smooth pixels on the area's edge are dropped, three
+   times over (MNIST 0-4, 2L-c, noise squares, 1000 held-out test images: IoU 0.906 -> 0.941, error on the
+   square 0.0727 -> 0.0697, outside it 0.0019 -> 0.0009).
 
 The thresholds are calibrated on the model's own clean training images (:func:`calibrate`, run by
 :func:`dcgmm.outliers.fit_statistics`): first those of step 6, each so that at most :data:`PATCH_SHARE` of
 ``false_alarm`` of clean images get such a patch; then the largest evidence threshold at which at most
-``false_alarm`` of clean images get any pixel flagged by steps 1-4, 6 and 7 together (steps 5 and 7 only
-drop pixels). They are saved with the outlier statistics.
+``false_alarm`` of clean images get any pixel flagged by steps 1-4, 6 and 7 together (steps 5, 7 and 8
+only drop pixels). They are saved with the outlier statistics.
 """
 
 from __future__ import annotations
@@ -77,6 +82,10 @@ NOISY_PATCH = 0.1
 """An area found is a noise patch when its median :func:`roughness` is at least this (in units of the image's value range)."""
 SMOOTH = 0.25
 """In a noise patch, pixels with less than this fraction of the area's median roughness are dropped."""
+EDGE_SMOOTH = 0.03
+"""On the edge of a noise area, pixels whose :func:`line_residual` is below this are dropped (step 8)."""
+EDGE_ROUNDS = 3
+"""Times step 8 peels the edge of a noise area."""
 FLAT_RANGE = 0.01
 """A window is flat when its values (mean over channels) span at most this fraction of the image's value range."""
 PATCH_SHARE = 0.2
@@ -299,6 +308,47 @@ def roughness(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(F.pad(residual(x)[:, None], (1, 1, 1, 1), mode="replicate"), 3, 1)[:, 0]
 
 
+def line_residual(x: torch.Tensor) -> torch.Tensor:
+    """How far the mean ``v`` over channels of images ``x`` (N, H, W, C) is from lying on a smooth line: the
+    smallest, over the four lines through a pixel (row, column, two diagonals), of the larger difference to
+    its two neighbours on that line, divided by the image's value range; edges replicated. -> (N, H, W).
+
+    A pixel of a stroke or of the background has a line along which its neighbours match it (the stroke's
+    direction); a pixel of uniform noise rarely does: for neighbours that are noise too, the chance that both
+    lie within ``t`` of it along one given line is about ``(2t)^2``.
+    """
+    v, _, span = _grey(x)  # [N, 1, H, W], [N]
+    height, width = v.shape[2:]
+    padded = F.pad(v, (1, 1, 1, 1), mode="replicate")
+
+    def shifted(dy: int, dx: int) -> torch.Tensor:
+        return padded[:, :, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+
+    lines = [torch.maximum((v - shifted(dy, dx)).abs(), (v - shifted(-dy, -dx)).abs()) for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1))]
+    return torch.stack(lines).amin(0)[:, 0] / span[:, None, None]
+
+
+def peel_smooth_edges(found: torch.Tensor, x: torch.Tensor, min_size: int) -> torch.Tensor:
+    """Step 8 of the module docstring: drop the smooth pixels on the edge of an area that is a noise patch.
+
+    Where a stroke touches a noise square, the 3x3 :func:`roughness` of the stroke's pixels next to the noise
+    is high, so step 5 keeps them; their own :func:`line_residual` is low. :data:`EDGE_ROUNDS` times, the
+    pixels on the area's edge (a 3x3 erosion removes them) with a line residual below :data:`EDGE_SMOOTH` are
+    dropped; then the opening of step 3 runs again. ``found``: bool (N, H, W); ``x``: the images
+    (N, H, W, C). Areas whose median roughness is below :data:`NOISY_PATCH` are kept as they are. Returns
+    bool (N, H, W), a subset of ``found``.
+    """
+    rough = roughness(x).flatten(1)
+    typical = torch.where(found.flatten(1), rough, torch.nan).nanmedian(1).values  # NaN: nothing found
+    noisy = (typical >= NOISY_PATCH)[:, None, None]
+    smooth = (line_residual(x) < EDGE_SMOOTH) & noisy
+    area = found
+    for _ in range(EDGE_ROUNDS):
+        edge = area & ~_erode(area, CLOSING, outside=True)
+        area = area & ~(edge & smooth)
+    return torch.where(noisy, clean_up(area, min_size) & area, found)
+
+
 def drop_smooth_pixels(found: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Step 5 of the module docstring: in an area found that is a noise patch, drop the smooth pixels.
 
@@ -321,12 +371,12 @@ def locate_damage(model, x: torch.Tensor, calibration: DamageCalibration, eviden
     step 6 found a patch, a third round that leaves out only the patches; see the module docstring). Then pixels
     that do not share the area's statistics are dropped — values rare in a constant patch
     (:func:`drop_rare_values`), smooth pixels in a noise patch (:func:`drop_smooth_pixels`) — and the opening
-    runs again.
+    runs again; last, the smooth pixels on the edge of a noise area go (:func:`peel_smooth_edges`).
     ``evidence``: the first round's :func:`pixel_evidence` of ``x``, if already computed.
     """
     found, patches = _search(model, x, calibration, evidence)
     kept = drop_smooth_pixels(drop_rare_values(found, x), x)
-    return (clean_up(kept, calibration.min_size) & kept) | patches
+    return peel_smooth_edges((clean_up(kept, calibration.min_size) & kept) | patches, x, calibration.min_size)
 
 
 def _flagged_images(model, images: torch.Tensor, evidence: torch.Tensor, calibration: DamageCalibration,
