@@ -15,10 +15,10 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/dcgmm train --arch 2L-c --dataset mnist --classes 0-4 --epochs 25 --out runs/demo --overwrite
+	$(BIN)/dcgmm train --arch 2L-c64 --dataset mnist --classes 0-4 --epochs 25 --out runs/demo --overwrite
 	$(BIN)/dcgmm occlude --dataset mnist --classes 0-4 --n 100 --seed 1 --out runs/demo/damaged
 	$(BIN)/dcgmm inpaint --model runs/demo --npy runs/demo/damaged/damaged.npy --clean runs/demo/damaged/clean.npy --out runs/demo/inpainting --true-mask runs/demo/damaged/mask.npy --baseline-dataset mnist --baseline-classes 0-4
-	# the sampling model: 2L-b's windows tile the image, so its samples vary where 2L-c's average into templates
+	# the sampling model: 2L-b's windows tile the image, so its samples vary where 2L-c64's average into templates
 	$(BIN)/dcgmm train --arch 2L-b --dataset mnist --classes 0-4 --epochs 25 --out runs/demo-sampling --overwrite
 
 test: setup

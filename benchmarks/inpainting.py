@@ -1,6 +1,6 @@
 """In-painting with the library's defaults: does the model find the damage, and does it fill it better than baselines?
 
-For every architecture (default: 2L-c, the README's, then 2L-e and 3L-a) and dataset (MNIST and
+For every architecture (default: 2L-c64, the library's default and the README's, then 2L-c, 2L-e and 3L-a) and dataset (MNIST and
 FashionMNIST, classes 0-4), a model trained with the defaults (25 epochs; run folders under --runs are
 reused) in-paints 1000 test images, each with one 10-14 px square at a random place, filled with uniform
 noise or with grey 0.5 (``--fills``: other values, e.g. 0 for blank-outs). ``inpaint`` runs with its defaults: the calibrated damage search and the
@@ -20,7 +20,7 @@ the default images (the first 1000 test images of 0-4, squares drawn with seed 2
 * the error outside the square (the good pixels the search replaced pay for it there);
 * seconds for the located in-painting of the 1000 images.
 
-Usage: python benchmarks/inpainting.py [--archs 2L-c 2L-e 3L-a] [--datasets mnist fashion-mnist] [--n 1000]
+Usage: python benchmarks/inpainting.py [--archs 2L-c64 2L-c 2L-e 3L-a] [--datasets mnist fashion-mnist] [--n 1000]
        [--start 0] [--squares-seed 2] [--fills noise 0.5] [--out docs]
 """
 
@@ -68,7 +68,7 @@ def model_for(arch: str, run: Path, train: np.ndarray, source: str) -> tuple[DCG
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", nargs="+", default=["2L-c", "2L-e", "3L-a"])
+    parser.add_argument("--archs", nargs="+", default=["2L-c64", "2L-c", "2L-e", "3L-a"])
     parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--start", type=int, default=0, help="index of the first test image of classes 0-4 (default: %(default)s)")

@@ -7,7 +7,7 @@ Protocols (train on the first, score test images; higher score = more typical):
 * ``mnist 1-9 vs 0``: train MNIST 1-9; inliers test 1-9, outliers test 0 (the authors' follow-up);
 * ``fashion vs mnist``: train all of FashionMNIST; inliers its test set, outliers the MNIST test set.
 
-Rows: the default architecture (2L-c, 25 epochs, default settings) with the default score (the top layer's z)
+Rows: the default architecture (2L-c64, 25 epochs, default settings; ``--arch``: another) with the default score (the top layer's z)
 and with ``shifts=1``; kNN-5 (minus the mean distance to the 5 nearest training images on raw pixels); PCA-50
 (minus the reconstruction error); a flat diagonal GMM fitted by EM with K = 100 and variance floor 0.05
 (scikit-learn; its log-likelihood). Every baseline score is standardised by its mean and standard deviation
@@ -15,7 +15,8 @@ over 2000 training images, so the c sweep means the same for all. Reported: ROC 
 area (inliers kept against outliers rejected for c in [-2, 2], trapezoids over the 41 points), and the
 seconds of training and of scoring.
 
-Usage: python benchmarks/outlier_protocols.py [--protocols ...] [--runs runs/protocols] [--out docs]
+Usage: python benchmarks/outlier_protocols.py [--protocols ...] [--arch 2L-c64] [--runs runs/protocols] [--out docs]
+(models are kept in --runs/ARCH/PROTOCOL and reused)
 """
 
 import argparse
@@ -48,10 +49,11 @@ def curve_area(curve: dict) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
-    parser.add_argument("--arch", default="2L-c")
+    parser.add_argument("--arch", default="2L-c64")
     parser.add_argument("--runs", default="runs/protocols")
     parser.add_argument("--out", default="docs")
     args = parser.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # before the runs, not after 15 minutes of them
     results = {}
     for name in args.protocols:
         (train_set, train_classes), (in_set, in_classes), (out_set, out_classes) = PROTOCOLS[name]
@@ -71,7 +73,7 @@ def main():
             print(f"{name} | {row}: AUROC {curve['auroc']:.4f}, curve area {rows[row]['curve_area']:.4f}{train_text}, "
                   f"scoring {rows[row]['seconds_score_per_1000']:.2f} s / 1000 images", flush=True)
 
-        run = Path(args.runs) / name.replace(" ", "_")
+        run = Path(args.runs) / args.arch / name.replace(" ", "_")
         start, trained = time.perf_counter(), None  # None: a model of an earlier run was reused
         if (run / "model.safetensors").exists():
             model = load_model(run)

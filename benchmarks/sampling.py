@@ -1,7 +1,8 @@
 """Sample quality of the sampling defaults, per architecture and dataset, beside flat EM GMMs in the same run.
 
-For every architecture (default: 2L-c, the README's main model; 2L-b, the README's sampling model, whose
-lowest windows do not overlap; then 2L-e and 3L-a) and dataset (MNIST and
+For every architecture (default: 2L-c, the paper's counterpart of the library's default 2L-c64 and the README's
+main model until 2026-12-03; 2L-b, the README's sampling model, whose lowest windows do not overlap; then 2L-e
+and 3L-a) and dataset (MNIST and
 FashionMNIST, classes 0-4), a model trained with the defaults (25 epochs, seed 0; run folders under --runs
 are reused) draws 1000 samples with ``dcgmm.sampling.sample``'s defaults and with other top-S / noise
 settings. Samples (clipped to [0, 1]) are compared with 1000 held-out test images of 0-4 over 100 k-means

@@ -1,6 +1,6 @@
 """Sample quality of the sampling defaults against the paper's setting and flat EM GMMs, in one run.
 
-Trains the README main job's model (2L-c on MNIST digits 0-4, 25 epochs, seed 0; or reuses --model), draws
+Trains 2L-c (the README main job's model until 2026-12-03) on MNIST digits 0-4, 25 epochs, seed 0 (or reuses --model), draws
 1000 samples per setting and compares them with 1000 test images of 0-4 over 100 k-means bins fitted on the
 training images (NDB: bins whose proportions differ at alpha = 0.05; JS divergence). "distinct": samples with
 no other sample within a mean squared difference of 1e-3 per pixel. Rows in the same run: real vs real (1000

@@ -1,7 +1,7 @@
 """The variance floor of the top GMM layer (`top_variance_floor`) against outlier AUROC, kNN-5 in the same run.
 
 MNIST, train on classes 0-4 (30 596 images), inliers the test images of classes 0-4, outliers those of 5-9. For
-each top floor and seed, the default architecture (2L-c) is trained with the default settings otherwise
+each top floor and seed, 2L-c (the default architecture until 2026-12-03; ``--arch``) is trained with the default settings otherwise
 (`ModelConfig(top_variance_floor=F)`, `TrainConfig(seed=S)`), and scored by the default score (the top layer's z)
 and with ``shifts=1``. A floor of 0.05 is the paper's (the same floor as the pixels). Also printed: how many of
 the top layer's components win at least one training image, and the training time.

@@ -464,6 +464,8 @@ def test_cli_defaults_are_the_librarys():
     train = parser.parse_args(["train", "--out", "x"])
     assert all(getattr(train, k) is None for k in ("epochs", "batch_size", "seed", "lr", "wait", "variance_floor", "top_variance_floor", "arch"))
     assert DEFAULT_ARCH in PRESETS  # the values themselves come from TrainConfig / ModelConfig when None
+    from dcgmm import DeepGaussianMixture
+    assert default(DeepGaussianMixture.__init__, "arch") == DEFAULT_ARCH
     for command, function in (("sample", sample), ("variants", variants), ("inpaint", inpaint)):
         extra = ["--npy", "t.npy", "--out", "o"] if command != "sample" else []
         args = parser.parse_args([command, "--model", "m", *extra])

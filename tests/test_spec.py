@@ -8,11 +8,11 @@ from dcgmm.errors import SpecError
 from dcgmm.spec import build_layers, parse
 
 EXPECTED_TOP = {"1L": (1, 1, 25), "2L-a": (1, 1, 36), "2L-b": (1, 1, 36), "2L-c": (1, 1, 36), "2L-d": (1, 1, 36),
-                "2L-e": (1, 1, 36), "3L-a": (1, 1, 49), "3L-b": (1, 1, 25)}
+                "2L-e": (1, 1, 36), "3L-a": (1, 1, 49), "3L-b": (1, 1, 25), "2L-c64": (1, 1, 36)}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_every_table_one_preset_builds_and_runs(name):
+def test_every_preset_builds_and_runs(name):
     model = DCGMM.from_spec(name)
     assert model.layers[-1].out_shape == EXPECTED_TOP[name]
     x = torch.rand(3, 28, 28, 1)
@@ -28,6 +28,7 @@ def test_spec_string_round_trip_and_case():
     model = DCGMM.from_spec(spec)
     assert model.spec == spec
     assert DCGMM.from_spec("2l-c").spec == PRESETS["2L-c"]
+    assert DCGMM.from_spec("2l-C64").spec == "F(8,8,2,2) G(64) F(11,11,1,1) G(36)"
     assert [str(s) for s in parse("f(3, 3, 1, 1)  g(4)  p(2,2)")] == ["F(3,3,1,1)", "G(4)", "P(2,2)"]
 
 

@@ -35,7 +35,7 @@ from .pipeline import Images, layer_report, npy_bytes, report_lines, train_run
 from .plots import PICTURE_SUFFIXES
 from .runs import clear_run, lock_run, remove_stale_temporaries, writable_file, writable_folder
 from .sampling import Sharpening, sample, sample_classes, variants
-from .spec import PRESETS
+from .spec import PRESETS, TABLE_I
 from .training import TrainConfig, Trainer
 
 
@@ -93,7 +93,7 @@ def cmd_train(args) -> int:
         return _train(args, rank, world, device)
 
 
-DEFAULT_ARCH = "2L-c"
+DEFAULT_ARCH = "2L-c64"
 """The architecture `dcgmm train` builds when --arch is not given."""
 RESUMED_SETTINGS = ("arch", "batch_size", "seed", "lr", "wait", "variance_floor", "top_variance_floor")
 """Options of `dcgmm train` that a resumed run takes from its checkpoint (giving another value is refused)."""
@@ -742,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=[*STAGES, "all"])
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"], choices=sorted(DATASETS) + ["fashion"], help="default: %(default)s")
     p.add_argument("--out", default="runs/experiments", help="run folder (default: %(default)s); stages already there are kept in the report")
-    p.add_argument("--archs", nargs="+", help=f"architectures of the outlier and clustering tables (default: all of {', '.join(PRESETS)})")
+    p.add_argument("--archs", nargs="+", help=f"architectures of the outlier and clustering tables (default: Table I, {', '.join(TABLE_I)})")
     p.add_argument("--epochs", type=_integer, default=ExperimentConfig.epochs, help="epochs of the models trained on classes 0-4 (default: %(default)s)")
     p.add_argument("--reruns", type=_integer, default=ExperimentConfig.reruns, help="clustering reruns per architecture (default: %(default)s)")
     p.add_argument("--seed", type=_integer, default=ExperimentConfig.seed, help="default: %(default)s")

@@ -35,7 +35,7 @@ class DeepGaussianMixture(DensityMixin, BaseEstimator):
 
     Parameters
     ----------
-    arch : preset name (``"2L-c"`` ...) or spec string, for images of ``image_shape``.
+    arch : preset name (``"2L-c64"``, the default, ``"2L-c"`` ...) or spec string, for images of ``image_shape``.
     image_shape : ``(H, W)`` or ``(H, W, C)`` of the images when ``X`` is flat ``(N, D)``; None takes ``X`` as
         it comes: ``(N, H, W)`` or ``(N, H, W, C)`` images, and a flat ``(N, D)`` as one position with ``D``
         channels (fit it with e.g. ``arch="G(10)"``, a plain diagonal GMM).
@@ -54,7 +54,7 @@ class DeepGaussianMixture(DensityMixin, BaseEstimator):
     history_ : one :class:`~dcgmm.training.EpochRecord` per epoch.
     """
 
-    def __init__(self, arch="2L-c", image_shape=None, n_epochs=25, batch_size=100, learning_rate=0.1,
+    def __init__(self, arch="2L-c64", image_shape=None, n_epochs=25, batch_size=100, learning_rate=0.1,
                  variance_floor=0.05, top_variance_floor=0.005, random_state=0, device="cpu", verbose=False):
         self.arch = arch
         self.image_shape = image_shape
