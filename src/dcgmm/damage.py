@@ -90,8 +90,10 @@ FLAT_RANGE = 0.01
 """A window is flat when its values (mean over channels) span at most this fraction of the image's value range."""
 PATCH_SHARE = 0.2
 """Share of the false-alarm budget that each threshold of step 6 of the module docstring may use."""
-_ELEMENTS = 2**24
-"""Bound on the (windows x components x dimensions) elements :func:`pixel_evidence` holds at a time."""
+_ELEMENTS = 2**20
+"""Bound on the (windows x components x dimensions) elements :func:`pixel_evidence` holds at a time: small
+enough for the temporaries to stay in the CPU's caches (2L-c64, 500 MNIST images: 2**24 elements 2.99 s,
+2**22 1.00 s, 2**20 0.45 s, 2**18 0.43 s; the same results to the bit)."""
 
 
 @dataclass
