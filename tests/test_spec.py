@@ -58,3 +58,12 @@ def test_non_square_and_colour_inputs():
         model = DCGMM(ModelConfig("F(4,3,2,2) G(9) F(5,4,1,1) G(4)", (13, 11, 3)))
     assert [l.out_shape for l in model.layers] == [(5, 5, 36), (5, 5, 9), (1, 2, 180), (1, 2, 4)]
     assert model(torch.rand(2, 13, 11, 3))[-1].shape == (2, 1, 2, 4)
+
+
+def test_the_papers_table_one_is_kept_apart_from_the_librarys_default():
+    from dcgmm import TABLE_I
+    from dcgmm.cli import DEFAULT_ARCH
+    from dcgmm.experiments import ExperimentConfig
+    assert list(TABLE_I) == ["1L", "2L-a", "2L-b", "2L-c", "2L-d", "2L-e", "3L-a", "3L-b"]
+    assert DEFAULT_ARCH not in TABLE_I and PRESETS == {**TABLE_I, DEFAULT_ARCH: PRESETS[DEFAULT_ARCH]}
+    assert ExperimentConfig().archs == list(TABLE_I)  # the paper's experiments run the paper's models

@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "CheckpointError": "errors", "DataError": "errors", "DCGMMError": "errors", "InputError": "errors", "SpecError": "errors",
-    "DCGMM": "model", "ModelConfig": "model", "DeepGaussianMixture": "estimator", "PRESETS": "spec", "parse": "spec",
+    "DCGMM": "model", "ModelConfig": "model", "DeepGaussianMixture": "estimator", "PRESETS": "spec", "TABLE_I": "spec", "parse": "spec",
     "TrainConfig": "training", "Trainer": "training", "fetch": "data", "load_dataset": "data", "load_npy": "data",
     "load_model": "checkpoint", "save_model": "checkpoint",
 }
