@@ -166,3 +166,9 @@ def test_a_layer_too_large_for_factors_gets_none_and_no_warning(kind, module, li
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # statistics as complete as this model allows: no warning
         inpaint(model, damaged, mask=masks)
+
+
+@pytest.mark.parametrize("fit", [fit_window_factors, fit_top_factors])
+def test_rank_zero_fits_no_factors(fit, trained):
+    model, train = trained
+    assert fit(model, train, rank=0) is None and fit(model, train, rank=1) is not None

@@ -167,8 +167,9 @@ def _train_in(args, rank: int, world: int, device: torch.device, out: Path) -> i
     finally:
         if governor is not None:
             governor.restore()
-            if governor.summary() is not None:
-                print(f"dcgmm: note: {governor.summary()}", file=sys.stderr)
+            note = governor.summary()
+            if note is not None:
+                print(f"dcgmm: note: {note}", file=sys.stderr)
     return 0
 
 

@@ -73,10 +73,10 @@ class TopFactors(Factors):
 
 
 def fits(layer, rank: int = DEFAULT_RANK) -> bool:
-    """Whether :func:`fit_top_factors` fits factors of ``rank`` for the top GMM layer ``layer``: inputs of at least
-    two dimensions, and loadings of at most :data:`MAX_LOADINGS` elements."""
+    """Whether :func:`fit_top_factors` fits factors of ``rank`` for the top GMM layer ``layer``: a rank of at least 1
+    (inputs of at least two dimensions), and loadings of at most :data:`MAX_LOADINGS` elements."""
     dim = layer.in_shape[2]
-    return dim >= 2 and layer.n_components * dim * min(rank, dim - 1) <= MAX_LOADINGS
+    return min(rank, dim - 1) >= 1 and layer.n_components * dim * min(rank, dim - 1) <= MAX_LOADINGS
 
 
 @torch.no_grad()

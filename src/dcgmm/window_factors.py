@@ -150,11 +150,11 @@ def precision_weighted(mean: torch.Tensor, variance: torch.Tensor, fold) -> torc
     return mean * weight / total * count
 
 
-def fits(layer) -> bool:
-    """Whether :func:`fit_window_factors` fits factors for the GMM layer ``layer``: windows of at least two
-    dimensions, and second moments of at most :data:`MAX_ELEMENTS` elements."""
+def fits(layer, rank: int = DEFAULT_RANK) -> bool:
+    """Whether :func:`fit_window_factors` fits factors of ``rank`` for the GMM layer ``layer``: a rank of at least
+    1 (windows of at least two dimensions), and second moments of at most :data:`MAX_ELEMENTS` elements."""
     k, dim = layer.n_components, layer.in_shape[2]
-    return dim >= 2 and k * dim * dim <= MAX_ELEMENTS
+    return min(rank, dim - 1) >= 1 and k * dim * dim <= MAX_ELEMENTS
 
 
 @torch.no_grad()
@@ -175,7 +175,7 @@ def fit_window_factors(model, images, rank: int = DEFAULT_RANK, batch_size: int 
         return None
     index = lower[0]
     layer = model.layers[index]
-    if not fits(layer):
+    if not fits(layer, rank):
         return None
     k, dim = layer.n_components, layer.in_shape[2]
     rank = min(rank, dim - 1)
