@@ -9,7 +9,7 @@ import torch
 from dcgmm import DCGMM, InputError, load_model, save_model
 from dcgmm.damage import (
     DamageCalibration, _search, calibrate, check_calibration, clean_up, default_min_size, drop_rare_values, drop_smooth_pixels,
-    flat_patches, flat_threshold, flat_window_evidence, line_residual, locate_damage, peel_smooth_edges, pixel_evidence, residual,
+    add_noise_lines, flat_patches, flat_threshold, flat_window_evidence, line_residual, locate_damage, peel_smooth_edges, pixel_evidence, residual,
     rough_patches, rough_threshold, roughness,
 )
 from dcgmm.inpainting import inpaint, occlude
@@ -154,6 +154,26 @@ def test_peeling_a_noise_area_drops_the_stroke_along_its_edge_and_keeps_the_nois
     assert peeled[0, 4:15, 4:14].float().mean() >= 0.95  # the noise: an edge pixel lies on a smooth line by chance only
     assert torch.equal(peeled[1], found[1])  # not a noise area: kept as it is
     assert torch.equal(peeled & ~found, torch.zeros_like(found))
+
+
+def test_noise_lines_join_a_noise_area_and_clean_lines_beside_it_do_not():
+    images = torch.zeros(3, 20, 20, 1)
+    noise = torch.rand(3, 11, 10, 1, generator=torch.Generator().manual_seed(1))
+    images[:2, 4:15, 4:14] = noise[:2]  # a noise patch, rows 4-14, columns 4-13
+    images[:2, 2:18, 15] = 1.0  # a stroke one column right of it
+    images[2, 4:15, 4:14] = 0.5  # a constant patch
+    found = torch.zeros(3, 20, 20, dtype=torch.bool)
+    found[:, 4:14, 4:13] = True  # the area misses the patch's last row and last column
+    found[1, 4:15, 4:14] = True  # the whole patch
+    completed = add_noise_lines(found, images, 5)
+    assert completed[0, 4:15, 4:13].all() and completed[0, 4:14, 4:14].all()  # the missed row and column joined
+    patch = torch.zeros(20, 20, dtype=torch.bool)
+    patch[4:15, 4:14] = True
+    assert not (completed[0] & ~patch).any()  # nothing outside the patch (the stroke beyond a clean column least of all)
+    assert torch.equal(completed[1], found[1])  # the clean lines beside it and the stroke stay out
+    assert torch.equal(completed[2], found[2])  # not a noise area: kept as it is
+    empty = torch.zeros_like(found)
+    assert torch.equal(add_noise_lines(empty, images, 5), empty)
 
 
 def naive_flat_window_evidence(image: np.ndarray, evidence: np.ndarray, size: int, background: bool) -> np.ndarray:
