@@ -127,6 +127,21 @@ def test_a_noise_patch_drops_the_smooth_strokes_that_touch_it_and_a_smooth_area_
     assert torch.equal(kept & ~found, torch.zeros_like(found))
 
 
+def test_an_area_mostly_of_strokes_counts_as_noise_where_step_6_found_a_noise_patch():
+    images = torch.zeros(1, 20, 20, 1)
+    images[0, 1:19, 1:19] = 1.0  # a thick stroke all around
+    images[0, 12:18, 12:18] = torch.rand(6, 6, 1, generator=torch.Generator().manual_seed(2))  # a small noise patch
+    found = torch.zeros(1, 20, 20, dtype=torch.bool)
+    found[0, 1:19, 1:19] = True  # the area overshoots: its median roughness is the stroke's, about 0
+    assert torch.equal(drop_smooth_pixels(found, images), found)  # judged by its roughness: not noise, kept
+    patch = torch.zeros_like(found)
+    patch[0, 12:18, 12:18] = True  # as step 6 finds it
+    kept = drop_smooth_pixels(found, images, noise=patch)
+    assert not kept[0, 3:10, 3:10].any()  # the stroke inside, away from the noise, dropped (its corners are rough)
+    assert kept[0, 13:17, 13:17].all()  # the noise kept
+    assert torch.equal(kept & ~found, torch.zeros_like(found))
+
+
 def test_line_residual_matches_a_loop_over_the_four_lines():
     images = torch.rand(2, 7, 6, 2, generator=torch.Generator().manual_seed(3))
     v = images.mean(-1).numpy().astype(np.float64)

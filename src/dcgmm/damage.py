@@ -22,6 +22,10 @@ above*:
    value is rare in it (their bin holds less than :data:`RARE_VALUE` of the dominant bin's count) are
    dropped (:func:`drop_rare_values`). A noise patch: the area's median :func:`roughness` is at least
    :data:`NOISY_PATCH`; pixels less than :data:`SMOOTH` times as rough are dropped (:func:`drop_smooth_pixels`).
+   An area that overlaps a noise patch of step 6 and is not a constant patch is a noise patch too, with the
+   overlap's median roughness: where the search overshot into the thick strokes around a noise square, the
+   strokes' smoothness set the area's median (2L-c64, MNIST 0-4, 1000 held-out noise squares: 0.096 in the
+   worst images, with 190 pixels outside the square each; located error 0.0593 -> 0.0588).
    The opening of step 3 then runs again.
 6. Patches of their own kind, found without the model's prediction. A constant patch on a part of the image
    with values like its own (a grey square on a grey garment) is plausible pixel by pixel, but not as a
@@ -231,15 +235,26 @@ def drop_rare_values(found: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     whose area has no value bin with :data:`DOMINANT_VALUE` of its pixels (noise, say) keeps its area as it is.
     Returns bool (N, H, W), a subset of ``found``.
     """
-    v, low, span = _grey(x)
-    values = v.flatten(1)  # [N, H*W]
-    bins = ((values - low[:, None]) / span[:, None] * VALUE_BINS).long().clamp_(0, VALUE_BINS - 1)
-    inside = found.flatten(1)
-    counts = torch.zeros(len(x), VALUE_BINS, device=x.device).scatter_add_(1, bins, inside.to(torch.float32))
+    bins, counts = _value_bins(found, x)
     top = counts.amax(1, keepdim=True)
-    constant = top >= DOMINANT_VALUE * counts.sum(1, keepdim=True).clamp_min(1)
-    rare = (counts.gather(1, bins) < RARE_VALUE * top) & constant
-    return (inside & ~rare).reshape(found.shape)
+    rare = (counts.gather(1, bins) < RARE_VALUE * top) & is_constant(found, x)[:, None]
+    return found & ~rare.reshape(found.shape)
+
+
+def _value_bins(found: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The value bin of every pixel of images ``x`` (N, H, W, C) (their mean over channels), (N, H*W), and the
+    count of the area ``found`` (N, H, W) in each of the :data:`VALUE_BINS` bins, (N, VALUE_BINS)."""
+    v, low, span = _grey(x)
+    bins = ((v.flatten(1) - low[:, None]) / span[:, None] * VALUE_BINS).long().clamp_(0, VALUE_BINS - 1)
+    counts = torch.zeros(len(x), VALUE_BINS, device=x.device).scatter_add_(1, bins, found.flatten(1).to(torch.float32))
+    return bins, counts
+
+
+def is_constant(found: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Whether the area ``found`` (N, H, W) of images ``x`` (N, H, W, C) is a constant patch (N,): at least
+    :data:`DOMINANT_VALUE` of its pixels in one value bin (step 5 of the module docstring)."""
+    counts = _value_bins(found, x)[1]
+    return counts.amax(1) >= DOMINANT_VALUE * counts.sum(1).clamp_min(1)
 
 
 def flat_window_evidence(x: torch.Tensor, evidence: torch.Tensor, size: int, background: bool = False) -> torch.Tensor:
@@ -338,6 +353,24 @@ def line_residual(x: torch.Tensor) -> torch.Tensor:
     return torch.stack(lines).amin(0)[:, 0] / span[:, None, None]
 
 
+def _noise_areas(found: torch.Tensor, rough: torch.Tensor, noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's typical :func:`roughness` (N,) and whether its area ``found`` (N, H, W) is a noise patch (N,).
+
+    Typical is the median of ``rough`` (N, H, W) over the area (NaN: nothing found), or over the part of the
+    area in the noise patches ``noise`` (N, H, W) of step 6 where there is one; the area is a noise patch when
+    that median is at least :data:`NOISY_PATCH`, or when it overlaps a noise patch (a textured garment beside
+    a grey square makes a noise patch of its own, which does not make the square noise).
+    """
+    typical = torch.where(found.flatten(1), rough.flatten(1), torch.nan).nanmedian(1).values
+    noisy = typical >= NOISY_PATCH
+    if noise is None:
+        return typical, noisy
+    overlap = (noise & found).flatten(1)
+    has = overlap.any(1)
+    patch = torch.where(overlap, rough.flatten(1), torch.nan).nanmedian(1).values
+    return torch.where(has, patch, typical), noisy | has
+
+
 def peel_smooth_edges(found: torch.Tensor, x: torch.Tensor, min_size: int) -> torch.Tensor:
     """Step 8 of the module docstring: drop the smooth pixels on the edge of an area that is a noise patch.
 
@@ -348,9 +381,7 @@ def peel_smooth_edges(found: torch.Tensor, x: torch.Tensor, min_size: int) -> to
     (N, H, W, C). Areas whose median roughness is below :data:`NOISY_PATCH` are kept as they are. Returns
     bool (N, H, W), a subset of ``found``.
     """
-    rough = roughness(x).flatten(1)
-    typical = torch.where(found.flatten(1), rough, torch.nan).nanmedian(1).values  # NaN: nothing found
-    noisy = (typical >= NOISY_PATCH)[:, None, None]
+    noisy = _noise_areas(found, roughness(x), None)[1][:, None, None]
     smooth = (line_residual(x) < EDGE_SMOOTH) & noisy
     area = found
     for _ in range(EDGE_ROUNDS):
@@ -377,9 +408,7 @@ def add_noise_lines(found: torch.Tensor, x: torch.Tensor, min_size: int) -> torc
     Areas whose median :func:`roughness` is below :data:`NOISY_PATCH` are kept as they are. Returns bool
     (N, H, W), a superset of ``found``.
     """
-    rough = roughness(x).flatten(1)
-    typical = torch.where(found.flatten(1), rough, torch.nan).nanmedian(1).values  # NaN: nothing found
-    noisy = (typical >= NOISY_PATCH)[:, None, None]
+    noisy = _noise_areas(found, roughness(x), None)[1][:, None, None]
     smoothness = line_residual(x)
     added = torch.zeros_like(found)
     for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
@@ -391,17 +420,19 @@ def add_noise_lines(found: torch.Tensor, x: torch.Tensor, min_size: int) -> torc
     return found | (added & noisy)
 
 
-def drop_smooth_pixels(found: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def drop_smooth_pixels(found: torch.Tensor, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Step 5 of the module docstring: in an area found that is a noise patch, drop the smooth pixels.
 
     ``found``: bool (N, H, W); ``x``: the images (N, H, W, C). An area whose median :func:`roughness` is
-    below :data:`NOISY_PATCH` is kept as it is. Returns bool (N, H, W), a subset of ``found``.
+    below :data:`NOISY_PATCH` is kept as it is, unless it overlaps one of the noise patches ``noise``
+    (N, H, W) of step 6: then the area is a noise patch, and pixels less than :data:`SMOOTH` times as rough as
+    the median of the overlap are dropped (a search that overshot into the strokes around a noise square has
+    the strokes' roughness as its median). Returns bool (N, H, W), a subset of ``found``.
     """
-    rough = roughness(x).flatten(1)
-    inside = found.flatten(1)
-    typical = torch.where(inside, rough, torch.nan).nanmedian(1, keepdim=True).values  # NaN: nothing found
-    smooth = (rough < SMOOTH * typical) & (typical >= NOISY_PATCH)
-    return (inside & ~smooth).reshape(found.shape)
+    rough = roughness(x)
+    typical, noisy = _noise_areas(found, rough, noise)
+    smooth = (rough < SMOOTH * typical[:, None, None]) & noisy[:, None, None]
+    return found & ~smooth
 
 
 @torch.no_grad()
@@ -418,7 +449,8 @@ def locate_damage(model, x: torch.Tensor, calibration: DamageCalibration, eviden
     ``evidence``: the first round's :func:`pixel_evidence` of ``x``, if already computed.
     """
     found, patches = _search(model, x, calibration, evidence)
-    kept = drop_smooth_pixels(drop_rare_values(found, x), x)
+    noise = rough_patches(x, calibration.rough_threshold, calibration.min_size) & ~is_constant(found, x)[:, None, None]
+    kept = drop_smooth_pixels(drop_rare_values(found, x), x, noise)
     peeled = peel_smooth_edges((clean_up(kept, calibration.min_size) & kept) | patches, x, calibration.min_size)
     return add_noise_lines(peeled, x, calibration.min_size)
 
