@@ -8,9 +8,9 @@ import torch
 
 from dcgmm import DCGMM, InputError, load_model, save_model
 from dcgmm.damage import (
-    DamageCalibration, _search, calibrate, check_calibration, clean_up, default_min_size, drop_rare_values, drop_smooth_pixels,
+    DamageCalibration, _search, calibrate, check_calibration, flags, clean_up, default_min_size, drop_rare_values, drop_smooth_pixels,
     add_noise_lines, flat_patches, flat_threshold, flat_window_evidence, line_residual, locate_damage, peel_smooth_edges, pixel_evidence, residual,
-    rough_patches, rough_threshold, roughness,
+    rough_patches, rough_threshold, roughness, small_size,
 )
 from dcgmm.inpainting import inpaint, occlude
 from dcgmm.outliers import fit_statistics
@@ -277,6 +277,33 @@ def test_a_last_round_without_the_patch_undoes_a_posterior_the_patch_fooled(monk
     assert torch.equal(calls[-1][0], square) and len(calls[-1]) == 1  # the last round left out the patch only
 
 
+def test_a_noise_square_too_small_for_the_search_is_found_where_nothing_else_is(monkeypatch):
+    """Step 10: a noise square 8 px wide is missed by a search whose areas must be 9 px wide; where the search
+    finds nothing, noise patches 7 px wide are the damage. An image where the search found something keeps it."""
+    x = torch.zeros(3, 24, 24, 1)
+    noise = torch.rand(3, 8, 8, 1, generator=torch.Generator().manual_seed(4)) * 0.8 + 0.1
+    x[:2, 6:14, 6:14] = noise[:2]  # images 0 and 1: the small noise square; image 2: clean
+    square = torch.zeros(24, 24, dtype=torch.bool)
+    square[6:14, 6:14] = True
+    monkeypatch.setattr("dcgmm.damage.pixel_evidence", lambda model, images, missing=None: torch.ones(images.shape[:3]))
+    found_elsewhere = torch.zeros(3, 24, 24, dtype=torch.bool)
+    found_elsewhere[1, 15:24, 15:24] = True  # image 1: the rounds found an area of their own
+
+    def fake_search(model, images, calibration, evidence):
+        return found_elsewhere[: len(images)].clone(), torch.zeros_like(found_elsewhere[: len(images)])
+
+    monkeypatch.setattr("dcgmm.damage._search", fake_search)
+    calibration = DamageCalibration(0.0, 9, 0.1, 0.1, 100, math.inf, 0.1, -math.inf, 0.1)
+    assert small_size(9) == 7 and small_size(1) == 1
+    located = locate_damage(None, x, calibration)
+    assert located[0, 6:14, 6:14].float().mean() >= 0.9 and not (located[0] & ~square).any()
+    assert torch.equal(located[1], found_elsewhere[1])  # step 10 only where nothing else was found
+    assert not located[2].any()
+    old = DamageCalibration(0.0, 9, 0.1, 0.1, 100, math.inf, 0.1, -math.inf)  # statistics from before step 10
+    assert not locate_damage(None, x, old)[0].any()
+    assert flags(None, x, calibration).tolist() == [True, True, False] and flags(None, x, old).tolist() == [False, True, False]
+
+
 def test_the_flat_threshold_allows_the_stated_share_of_images():
     lowest = torch.tensor([math.inf, 0.5, 0.1, math.inf, 0.2])
     assert flat_threshold(lowest, 0.2) == pytest.approx(0.2)  # one image of five (0.1) lies below
@@ -294,6 +321,10 @@ def test_statistics_from_before_the_flat_search_still_search_and_say_so(trained)
     with pytest.warns(UserWarning, match="flat, noise and blanked-out patches"):
         check_calibration(model, calibration)
     assert not locate_damage(model, torch.as_tensor(np.zeros((2, 8, 8, 1), np.float32)), calibration).any()
+    before_step_10 = model.statistics.damage.to_dict()
+    del before_step_10["small_rough_threshold"]
+    with pytest.warns(UserWarning, match="small noise patches"):
+        check_calibration(model, DamageCalibration.from_dict(before_step_10))
 
 
 def test_calibration_gives_the_stated_false_alarm_rate_on_clean_images(trained, digits):
@@ -305,12 +336,11 @@ def test_calibration_gives_the_stated_false_alarm_rate_on_clean_images(trained, 
     assert calibration.measured <= 0.2  # the largest admissible threshold on the calibration images
     assert calibration.flat_threshold is not None and calibration.rough_threshold >= 0.1 and calibration.blank_threshold is not None
     rest = torch.as_tensor(held_out[150:])
-    found, flat = _search(model, rest, calibration, None)
-    searched = float((found | flat).flatten(1).any(1).float().mean())
+    searched = flags(model, rest, calibration)
     tolerance = 3 * math.sqrt(0.2 * 0.8 / 150) + 0.05  # binomial spread of both halves + the threshold grid
-    assert abs(searched - 0.2) < tolerance
-    flagged = float(locate_damage(model, rest, calibration).flatten(1).any(1).float().mean())
-    assert flagged <= searched  # the last step only drops pixels
+    assert abs(float(searched.float().mean()) - 0.2) < tolerance
+    flagged = locate_damage(model, rest, calibration).flatten(1).any(1)
+    assert not (flagged & ~searched).any()  # the later steps drop pixels, or add them next to an area
     assert calibrate(model, held_out[:150], false_alarm=0.0).measured == 0.0
     with pytest.raises(InputError, match="false_alarm"):
         calibrate(model, held_out, false_alarm=1.5)
