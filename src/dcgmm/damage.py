@@ -375,8 +375,7 @@ def _noise_areas(found: torch.Tensor, rough: torch.Tensor, noise: torch.Tensor |
 
     Typical is the median of ``rough`` (N, H, W) over the area (NaN: nothing found), or over the part of the
     area in the noise patches ``noise`` (N, H, W) of step 6 where there is one; the area is a noise patch when
-    that median is at least :data:`NOISY_PATCH`, or when it overlaps a noise patch (a textured garment beside
-    a grey square makes a noise patch of its own, which does not make the square noise).
+    that median is at least :data:`NOISY_PATCH`, or when it overlaps a noise patch.
     """
     typical = torch.where(found.flatten(1), rough.flatten(1), torch.nan).nanmedian(1).values
     noisy = typical >= NOISY_PATCH
@@ -540,12 +539,12 @@ def calibrate(model, images, false_alarm: float = DEFAULT_FALSE_ALARM, min_size:
     """The search's thresholds, calibrated on the clean ``images`` (N, H, W, C); the first
     :data:`CALIBRATION_IMAGES` are used.
 
-    First the thresholds of step 6 of the module docstring: at most :data:`PATCH_SHARE` of ``false_alarm``
-    of the images get a flat patch, as many a rough one and as many a blank-out (judged here on the first
-    round's evidence). Then the largest evidence threshold at which at most
-    ``false_alarm`` of the images get any pixel flagged by the rounds (steps 1-4 and 7) and the patches of
-    step 6 together (the later steps of :func:`locate_damage` drop pixels of the area, or add pixels next to
-    it, so the search as a whole flags at most that fraction of images).
+    First the thresholds of steps 6 and 10 of the module docstring: at most :data:`PATCH_SHARE` of
+    ``false_alarm`` of the images get a flat patch, as many a rough one, as many a blank-out (judged here on
+    the first round's evidence) and as many a small rough one. Then the largest evidence threshold at which at
+    most ``false_alarm`` of the images get any pixel flagged by the rounds (steps 1-4 and 7) and the patches
+    of steps 6 and 10 together (:func:`flags`; the other steps of :func:`locate_damage` drop pixels of the
+    area, or add pixels next to it, so the search as a whole flags at most that fraction of images).
 
     Candidate thresholds are the evidence quantiles 0.001, 0.002, ... 0.5 of the clean pixels; a bisection
     over them finds the largest admissible one (the flagged fraction grows with the threshold; the second
