@@ -111,6 +111,9 @@ def test_rough_patches_are_noise_areas_at_least_min_size_wide():
     # calibrated on these two images, a share of 0.5 lets image 0 be flagged and 0 flags neither
     assert rough_threshold(x, 0.5, 5) == pytest.approx(0.1)
     assert not rough_patches(x, rough_threshold(x, 0.0, 5), 5).any()
+    dot = torch.zeros(1, 9, 9, 1)
+    dot[0, 4, 4] = 1.0  # residual 1, the largest there is: at size 1 no threshold keeps it out but +inf
+    assert rough_threshold(dot, 0.0, 1) == math.inf and not rough_patches(dot, math.inf, 1).any()
 
 
 def test_a_noise_patch_drops_the_smooth_strokes_that_touch_it_and_a_smooth_area_is_kept():
@@ -285,7 +288,6 @@ def test_a_noise_square_too_small_for_the_search_is_found_where_nothing_else_is(
     x[:2, 6:14, 6:14] = noise[:2]  # images 0 and 1: the small noise square; image 2: clean
     square = torch.zeros(24, 24, dtype=torch.bool)
     square[6:14, 6:14] = True
-    monkeypatch.setattr("dcgmm.damage.pixel_evidence", lambda model, images, missing=None: torch.ones(images.shape[:3]))
     found_elsewhere = torch.zeros(3, 24, 24, dtype=torch.bool)
     found_elsewhere[1, 15:24, 15:24] = True  # image 1: the rounds found an area of their own
 
