@@ -6,8 +6,9 @@ reused) in-paints 1000 test images, each with one 10-14 px square at a random pl
 noise or with grey 0.5 (``--fills``: other values, e.g. 0 for blank-outs). ``inpaint`` runs with its defaults: the calibrated damage search and the
 conditional-mean fill. The thresholds of the damage search's step 5 (dcgmm.damage) were chosen on the default
 images (the first 1000 test images of 0-4, squares drawn with seed 2); ``--start 1000 --n 2000
---squares-seed 7`` measures on images they were not chosen on. Those of steps 8 and 9 were chosen on test images
-1000-1999 with squares of seed 7, so for them the default images are the held-out ones. Printed per case, and written to
+--squares-seed 7`` measures on images they were not chosen on. Those of steps 8-10 and of step 5's rule for
+overshoots were chosen on test images 1000-1999 with squares of seed 7, so for them the default images are the
+held-out ones. Printed per case, and written to
 ``--out/inpainting.json``:
 
 * IoU of the located region with the true square (per image, averaged), also for the paper's search and fill

@@ -273,7 +273,7 @@ def test_a_last_round_without_the_patch_undoes_a_posterior_the_patch_fooled(monk
 
     monkeypatch.setattr("dcgmm.damage.pixel_evidence", fake_evidence)
     calibration = DamageCalibration(0.0, 3, 0.1, 0.1, 100, None, None, 0.0)
-    found, patches = _search(None, x, calibration, None)
+    found, patches, _ = _search(None, x, calibration, None)
     assert torch.equal(patches[0], square) and not patches[1].any()
     assert torch.equal(found[0], square)  # the last round drops the garment the fooled rounds flagged
     assert found[1, 2:14, 2:14].all()  # image 1 has no patch: no last round, the rounds' area stays
@@ -292,7 +292,8 @@ def test_a_noise_square_too_small_for_the_search_is_found_where_nothing_else_is(
     found_elsewhere[1, 15:24, 15:24] = True  # image 1: the rounds found an area of their own
 
     def fake_search(model, images, calibration, evidence):
-        return found_elsewhere[: len(images)].clone(), torch.zeros_like(found_elsewhere[: len(images)])
+        nothing = torch.zeros_like(found_elsewhere[: len(images)])
+        return found_elsewhere[: len(images)].clone(), nothing, nothing
 
     monkeypatch.setattr("dcgmm.damage._search", fake_search)
     calibration = DamageCalibration(0.0, 9, 0.1, 0.1, 100, math.inf, 0.1, -math.inf, 0.1)

@@ -319,11 +319,13 @@ def rough_patches(x: torch.Tensor, threshold: float | None, size: int) -> torch.
     return clean_up(residual(x) >= threshold, size)
 
 
-def _search(model, x: torch.Tensor, calibration: DamageCalibration, evidence: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Steps 1-4, 6 and 7 of the module docstring: the rounds' area and the patches of step 6, bool (N, H, W) each."""
+def _search(model, x: torch.Tensor, calibration: DamageCalibration, evidence: torch.Tensor | None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 1-4, 6 and 7 of the module docstring: the rounds' area, the patches of step 6 and, of them, the
+    noise patches, bool (N, H, W) each."""
     evidence = pixel_evidence(model, x) if evidence is None else evidence
-    patches = flat_patches(x, evidence, calibration.flat_threshold, calibration.min_size)
-    patches |= rough_patches(x, calibration.rough_threshold, calibration.min_size)
+    noise = rough_patches(x, calibration.rough_threshold, calibration.min_size)
+    patches = flat_patches(x, evidence, calibration.flat_threshold, calibration.min_size) | noise
     first = clean_up(evidence < calibration.threshold, calibration.min_size)
     found = (first | patches).flatten(1).any(1)
     if found.any():
@@ -336,7 +338,7 @@ def _search(model, x: torch.Tensor, calibration: DamageCalibration, evidence: to
     if redo.any():  # a last round that leaves out the patches only: the posterior sees the rest of the image
         last = pixel_evidence(model, x[redo], missing=patches[redo])
         first[redo] &= clean_up(last < calibration.threshold, calibration.min_size)
-    return first, patches
+    return first, patches, noise
 
 
 def residual(x: torch.Tensor) -> torch.Tensor:
@@ -389,17 +391,17 @@ def _noise_areas(found: torch.Tensor, rough: torch.Tensor, noise: torch.Tensor |
     return torch.where(has, patch, typical), noisy | has
 
 
-def peel_smooth_edges(found: torch.Tensor, x: torch.Tensor, min_size: int) -> torch.Tensor:
+def peel_smooth_edges(found: torch.Tensor, x: torch.Tensor, min_size: int, rough: torch.Tensor | None = None) -> torch.Tensor:
     """Step 8 of the module docstring: drop the smooth pixels on the edge of an area that is a noise patch.
 
     Where a stroke touches a noise square, the 3x3 :func:`roughness` of the stroke's pixels next to the noise
     is high, so step 5 keeps them; their own :func:`line_residual` is low. :data:`EDGE_ROUNDS` times, the
     pixels on the area's edge (a 3x3 erosion removes them) with a line residual below :data:`EDGE_SMOOTH` are
     dropped; then the opening of step 3 runs again. ``found``: bool (N, H, W); ``x``: the images
-    (N, H, W, C). Areas whose median roughness is below :data:`NOISY_PATCH` are kept as they are. Returns
-    bool (N, H, W), a subset of ``found``.
+    (N, H, W, C); ``rough``: their :func:`roughness`, if already computed. Areas whose median roughness is
+    below :data:`NOISY_PATCH` are kept as they are. Returns bool (N, H, W), a subset of ``found``.
     """
-    noisy = _noise_areas(found, roughness(x), None)[1][:, None, None]
+    noisy = _noise_areas(found, roughness(x) if rough is None else rough, None)[1][:, None, None]
     smooth = (line_residual(x) < EDGE_SMOOTH) & noisy
     area = found
     for _ in range(EDGE_ROUNDS):
@@ -417,7 +419,7 @@ def _shifted(mask: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return out
 
 
-def add_noise_lines(found: torch.Tensor, x: torch.Tensor, min_size: int) -> torch.Tensor:
+def add_noise_lines(found: torch.Tensor, x: torch.Tensor, min_size: int, rough: torch.Tensor | None = None) -> torch.Tensor:
     """Step 9 of the module docstring: add the noisy straight lines just outside the edges of a noise area.
 
     For each of the four directions, the pixels just outside the area on that side are grouped by row (above,
@@ -425,10 +427,10 @@ def add_noise_lines(found: torch.Tensor, x: torch.Tensor, min_size: int) -> torc
     is at least :data:`NOISE_LINE` joins the area. Then the notches: a pixel outside the area with a
     neighbour in it both along its row and along its column (the corner that two added lines leave out) joins
     it unless it lies on a smooth line (:data:`EDGE_SMOOTH`, as in step 8). ``found``: bool (N, H, W); ``x``:
-    the images (N, H, W, C). Areas whose median :func:`roughness` is below :data:`NOISY_PATCH` are kept as
-    they are. Returns bool (N, H, W), a superset of ``found``.
+    the images (N, H, W, C); ``rough``: their :func:`roughness`, if already computed. Areas whose median
+    roughness is below :data:`NOISY_PATCH` are kept as they are. Returns bool (N, H, W), a superset of ``found``.
     """
-    noisy = _noise_areas(found, roughness(x), None)[1][:, None, None]
+    noisy = _noise_areas(found, roughness(x) if rough is None else rough, None)[1][:, None, None]
     smoothness = line_residual(x)
     added = torch.zeros_like(found)
     for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
@@ -443,16 +445,18 @@ def add_noise_lines(found: torch.Tensor, x: torch.Tensor, min_size: int) -> torc
     return area | (along_row & along_column & ~area & (smoothness >= EDGE_SMOOTH) & noisy)
 
 
-def drop_smooth_pixels(found: torch.Tensor, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+def drop_smooth_pixels(found: torch.Tensor, x: torch.Tensor, noise: torch.Tensor | None = None,
+                       rough: torch.Tensor | None = None) -> torch.Tensor:
     """Step 5 of the module docstring: in an area found that is a noise patch, drop the smooth pixels.
 
     ``found``: bool (N, H, W); ``x``: the images (N, H, W, C). An area whose median :func:`roughness` is
     below :data:`NOISY_PATCH` is kept as it is, unless it overlaps one of the noise patches ``noise``
     (N, H, W) of step 6: then the area is a noise patch, and pixels less than :data:`SMOOTH` times as rough as
     the median of the overlap are dropped (a search that overshot into the strokes around a noise square has
-    the strokes' roughness as its median). Returns bool (N, H, W), a subset of ``found``.
+    the strokes' roughness as its median). ``rough``: the images' :func:`roughness`, if already computed.
+    Returns bool (N, H, W), a subset of ``found``.
     """
-    rough = roughness(x)
+    rough = roughness(x) if rough is None else rough
     typical, noisy = _noise_areas(found, rough, noise)
     smooth = (rough < SMOOTH * typical[:, None, None]) & noisy[:, None, None]
     return found & ~smooth
@@ -472,16 +476,16 @@ def locate_damage(model, x: torch.Tensor, calibration: DamageCalibration, eviden
     noise patches are the damage (step 10 of the module docstring).
     ``evidence``: the first round's :func:`pixel_evidence` of ``x``, if already computed.
     """
-    found, patches = _search(model, x, calibration, evidence)
-    noise = rough_patches(x, calibration.rough_threshold, calibration.min_size) & ~is_constant(found, x)[:, None, None]
-    kept = drop_smooth_pixels(drop_rare_values(found, x), x, noise)
-    peeled = peel_smooth_edges((clean_up(kept, calibration.min_size) & kept) | patches, x, calibration.min_size)
-    area = add_noise_lines(peeled, x, calibration.min_size)
+    found, patches, noise = _search(model, x, calibration, evidence)
+    rough = roughness(x)
+    kept = drop_smooth_pixels(drop_rare_values(found, x), x, noise & ~is_constant(found, x)[:, None, None], rough)
+    peeled = peel_smooth_edges((clean_up(kept, calibration.min_size) & kept) | patches, x, calibration.min_size, rough)
+    area = add_noise_lines(peeled, x, calibration.min_size, rough)
     empty = ~area.flatten(1).any(1)
     if empty.any():  # step 10: small noise patches where nothing else was found
-        size, rest = small_size(calibration.min_size), x[empty]
+        size, rest, rest_rough = small_size(calibration.min_size), x[empty], rough[empty]
         small = rough_patches(rest, calibration.small_rough_threshold, size)
-        area[empty] = add_noise_lines(peel_smooth_edges(small, rest, size), rest, size)
+        area[empty] = add_noise_lines(peel_smooth_edges(small, rest, size, rest_rough), rest, size, rest_rough)
     return area
 
 
@@ -489,7 +493,7 @@ def flags(model, x: torch.Tensor, calibration: DamageCalibration, evidence: torc
     """Whether the search flags any pixel of images ``x`` (N, H, W, C), (N,) bool: steps 1-4, 6, 7 and 10 of
     the module docstring. :func:`locate_damage` reports damage in no other image (its other steps drop pixels
     or add them next to an area). ``evidence``: the first round's :func:`pixel_evidence`, if already computed."""
-    found, patches = _search(model, x, calibration, evidence)
+    found, patches, _ = _search(model, x, calibration, evidence)
     small = rough_patches(x, calibration.small_rough_threshold, small_size(calibration.min_size))
     return (found | patches | small).flatten(1).any(1)
 
