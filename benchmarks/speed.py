@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from dcgmm import DCGMM, TrainConfig, Trainer, load_dataset
+from dcgmm import DCGMM, TrainConfig, Trainer, load_dataset, native
 
 from naive import MatmulGMM, make_naive
 
@@ -68,7 +68,7 @@ def main():
     naive = (naive_before + naive_after) / 2
     seconds = sum(r.seconds for r in history) / len(history)
     gflops = gmm_flops_per_image(model) * trainer.steps_per_epoch * 100 / seconds / 1e9
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; dcgmm.native: {native.status()}")
     print(f"{args.arch}, MNIST 60000, batch 100: {seconds:.2f} s/epoch, mean of {args.epochs} (all: {', '.join(f'{r.seconds:.2f}' for r in history)})")
     print(f"naive reference (matrix products, autograd, no annealing kernel): {naive:.2f} s/epoch ({naive_before:.2f} before, "
           f"{naive_after:.2f} after the dcgmm run, {args.naive_epochs} epoch(s) each); dcgmm / naive = {seconds / naive:.2f}")

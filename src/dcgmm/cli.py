@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, threads
+from . import __version__, native, threads
 from .baselines import iou, knn_fill, mean_fill, region_mse
 from .checkpoint import CHECKPOINT_FILE, MODEL_FILE, atomic_write_bytes, atomic_write_text, load_model, save_model
 from .data import DATASETS, fetch, load_dataset, load_npy, open_npy, parse_classes, read_array
@@ -147,7 +147,7 @@ def _train_in(args, rank: int, world: int, device: torch.device, out: Path) -> i
             clear_run(out)
     model = trainer.model
     processes = f", {world} processes (global batch {trainer.config.batch_size})" if world > 1 else ""
-    cpu_threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    cpu_threads = f", {torch.get_num_threads()} threads, {native.status()}" if device.type == "cpu" else ""
     say(f"dcgmm {__version__}: training {model.spec} on {len(images)} images {tuple(images.shape[1:])}, device {device}{cpu_threads}{processes}")
     for line in model.layer_summary():
         say("  " + line)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import native
 from ..errors import SpecError
 from .base import Layer, Shape
 
@@ -375,7 +376,8 @@ def max_component_step(
     output : (P, K) responsibilities.
     grads : gradients of the loss with respect to (weight_logits, centroids, precision_raw).
     """
-    tau, b, c = _gaussian_terms(weight_logits, centroids, precision_raw, variance_floor)
+    fast = native.usable(flat, centroids)
+    tau, b, c = _step_terms(weight_logits, centroids, precision_raw, variance_floor, fast)
     squares = flat * flat
     log_joint = torch.addmm(c, squares, tau.t(), alpha=-0.5).addmm_(flat, b.t())  # [P, K]
     n = len(flat)
@@ -385,7 +387,7 @@ def max_component_step(
     mass = torch.bincount(best, minlength=len(centroids)).to(flat.dtype).div_(n)
     if kernel is not None:  # position p counts g[k*(p), j] towards component j
         stats_a, stats_b, mass = kernel.t() @ stats_a, kernel.t() @ stats_b, kernel.t() @ mass
-    return top.mean(), output, _gradients(weight_logits, centroids, tau, b, stats_a, stats_b, mass, variance_floor)
+    return top.mean(), output, _step_gradients(weight_logits, centroids, tau, b, stats_a, stats_b, mass, variance_floor, fast)
 
 
 def folded_max_component_step(
@@ -420,7 +422,8 @@ def folded_max_component_step(
     objective : scalar tensor; output : (N, H', W', K) responsibilities; grads : as :func:`max_component_step`.
     """
     (fy, fx), k, channels = window, len(centroids), h.shape[3]
-    tau, b, c = _gaussian_terms(weight_logits, centroids, precision_raw, variance_floor)
+    fast = native.usable(h, centroids)
+    tau, b, c = _step_terms(weight_logits, centroids, precision_raw, variance_floor, fast)
     x = h.permute(0, 3, 1, 2)  # [N, C, H, W], channels-last in memory
     features = torch.cat([x * x, x], 1).contiguous(memory_format=torch.channels_last)  # [N, 2C, H, W]; oneDNN wants
     # input and output gradient in one memory format (2x slower otherwise), and the latter is channels-last
@@ -430,15 +433,18 @@ def folded_max_component_step(
     log_joint = log_joint_map.permute(0, 2, 3, 1).reshape(-1, k)  # [P, K]
     n = len(log_joint)
     top, best, output = _winners(log_joint, kernel)
-    share = torch.zeros_like(log_joint).scatter_(1, best[:, None], 1.0 / n)  # [P, K]: p counts 1/n towards k*(p)
     mass = torch.bincount(best, minlength=k).to(log_joint.dtype).div_(n)
-    grad_map = share.reshape(n_images, rows, cols, k).permute(0, 3, 1, 2)
-    stats = torch.nn.grad.conv2d_weight(features, filters.shape, grad_map, stride=stride)  # [K, 2C, fy, fx]
-    stats = stats.permute(0, 2, 3, 1).reshape(k, fy * fx, 2 * channels)
+    if fast:  # the winners' windows summed directly: 12 100 x 64 additions for 2L-c instead of a dense convolution
+        stats = native.window_sums(features.permute(0, 2, 3, 1), best.reshape(n_images, rows, cols), window, stride, k).div_(n)
+    else:
+        share = torch.zeros_like(log_joint).scatter_(1, best[:, None], 1.0 / n)  # [P, K]: p counts 1/n towards k*(p)
+        grad_map = share.reshape(n_images, rows, cols, k).permute(0, 3, 1, 2)
+        stats = torch.nn.grad.conv2d_weight(features, filters.shape, grad_map, stride=stride).permute(0, 2, 3, 1)  # [K, fy, fx, 2C]
+    stats = stats.reshape(k, fy * fx, 2 * channels)
     if kernel is not None:  # position p counts g[k*(p), j] towards component j: the sums are linear in the shares
         stats, mass = (kernel.t() @ stats.reshape(k, -1)).reshape(stats.shape), kernel.t() @ mass
     stats_a, stats_b = stats[..., :channels].reshape(k, -1), stats[..., channels:].reshape(k, -1)
-    grads = _gradients(weight_logits, centroids, tau, b, stats_a, stats_b, mass, variance_floor)
+    grads = _step_gradients(weight_logits, centroids, tau, b, stats_a, stats_b, mass, variance_floor, fast)
     return top.mean(), output.reshape(n_images, rows, cols, k), grads
 
 
@@ -467,6 +473,20 @@ def _winners(log_joint: torch.Tensor, kernel: torch.Tensor | None) -> tuple[torc
     smoothed = log_joint if kernel is None else log_joint @ kernel.t()
     top, best = smoothed.max(dim=1)  # [P]: the winning component k*(p)
     return top, best, responsibilities(log_joint, dim=1, row_max=top[:, None] if kernel is None else None)
+
+
+def _step_terms(weight_logits, centroids, precision_raw, variance_floor: float, fast: bool) -> tuple[torch.Tensor, ...]:
+    """:func:`_gaussian_terms`, by the fused C loop of :mod:`dcgmm.native` when ``fast``."""
+    if fast:
+        return native.gaussian_terms(weight_logits, centroids, precision_raw, variance_floor, TINY_COEFFICIENT)
+    return _gaussian_terms(weight_logits, centroids, precision_raw, variance_floor)
+
+
+def _step_gradients(weight_logits, centroids, tau, b, stats_a, stats_b, mass, variance_floor: float, fast: bool) -> tuple[torch.Tensor, ...]:
+    """:func:`_gradients`, by the fused C loop of :mod:`dcgmm.native` when ``fast``."""
+    if fast:
+        return native.gradients(weight_logits, centroids, tau, b, stats_a, stats_b, mass, variance_floor)
+    return _gradients(weight_logits, centroids, tau, b, stats_a, stats_b, mass, variance_floor)
 
 
 def _gradients(weight_logits, centroids, tau, b, stats_a, stats_b, mass, variance_floor: float) -> tuple[torch.Tensor, ...]:

@@ -1,0 +1,100 @@
+/* Fused loops of a GMM layer's training step (dcgmm.native builds this file with the system C compiler).
+ *
+ * Each function does in one pass over memory what the PyTorch path does in several element-wise operations;
+ * dcgmm/layers/gmm.py holds that PyTorch path, which stays the reference (tests/test_native.py compares the
+ * two) and the fallback where no compiler is found. All arrays are float32 (indices int64), C-contiguous,
+ * single-threaded. With DCGMM_VECTOR_MATH, expf and logf are declared as SIMD functions so that the loops
+ * vectorise through glibc's libmvec.
+ */
+#include <math.h>
+#include <stdint.h>
+
+#ifdef DCGMM_VECTOR_MATH
+__attribute__((simd("notinbranch"))) float expf(float);
+__attribute__((simd("notinbranch"))) float logf(float);
+#endif
+
+static const float LOG_2PI = 1.8378770664093453f;
+
+/* log of sum_k exp(logits[k]), the normaliser of softmax(logits), K >= 1. */
+static float log_sum_exp(const float *logits, int64_t K)
+{
+    float top = logits[0], sum = 0.0f;
+    for (int64_t k = 1; k < K; k++)
+        top = logits[k] > top ? logits[k] : top;
+    for (int64_t k = 0; k < K; k++)
+        sum += expf(logits[k] - top);
+    return top + logf(sum);
+}
+
+/* tau (K, D), b = tau mu (K, D) with |b| < tiny set to 0, and c (K,) of GMM.coefficients:
+ *   log tau = log_tau_max - softplus(raw),  c_k = log pi_k + (sum_d log tau_kd - D log 2 pi - sum_d b_kd mu_kd) / 2.
+ * softplus(x) = max(x, 0) + log(1 + exp(-|x|)). */
+void gaussian_terms(const float *weight_logits, const float *mu, const float *raw, int64_t K, int64_t D,
+                    float log_tau_max, float tiny, float *tau, float *b, float *c)
+{
+    float log_norm = log_sum_exp(weight_logits, K);
+    for (int64_t k = 0; k < K; k++) {
+        const float *r = raw + k * D, *m = mu + k * D;
+        float *t = tau + k * D, *bk = b + k * D, sum_log_tau = 0.0f, sum_b_mu = 0.0f;
+#pragma omp simd reduction(+ : sum_log_tau, sum_b_mu)
+        for (int64_t d = 0; d < D; d++) {
+            float x = r[d], positive = x > 0.0f ? x : 0.0f, minus_abs = x > 0.0f ? -x : x;
+            float log_tau = log_tau_max - (positive + logf(1.0f + expf(minus_abs)));
+            float precision = expf(log_tau), coefficient = precision * m[d];
+            coefficient = (coefficient < tiny && coefficient > -tiny) ? 0.0f : coefficient;
+            t[d] = precision;
+            bk[d] = coefficient;
+            sum_log_tau += log_tau;
+            sum_b_mu += coefficient * m[d];
+        }
+        c[k] = weight_logits[k] - log_norm + 0.5f * (sum_log_tau - (float)D * LOG_2PI - sum_b_mu);
+    }
+}
+
+/* The gradients of max_component_step (see its docstring) from the sums S_a, S_b (K, D) and the mass m (K,):
+ *   d/dmu = [b != 0] tau (m mu - S_b),
+ *   d/draw = (S_a tau - m + b (m mu - 2 S_b)) / 2 * (tau / tau_max - 1),   1 / tau_max = variance_floor,
+ *   d/dweight_logits = pi sum(m) - m. */
+void gmm_gradients(const float *weight_logits, const float *mu, const float *tau, const float *b, const float *stats_a,
+                   const float *stats_b, const float *mass, int64_t K, int64_t D, float variance_floor,
+                   float *grad_w, float *grad_mu, float *grad_raw)
+{
+    float log_norm = log_sum_exp(weight_logits, K), total = 0.0f;
+    for (int64_t k = 0; k < K; k++)
+        total += mass[k];
+    for (int64_t k = 0; k < K; k++) {
+        float mk = mass[k];
+        grad_w[k] = expf(weight_logits[k] - log_norm) * total - mk;
+        const float *m = mu + k * D, *t = tau + k * D, *bk = b + k * D, *sa = stats_a + k * D, *sb = stats_b + k * D;
+        float *gm = grad_mu + k * D, *gr = grad_raw + k * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; d++) {
+            float m_mu = m[d] * mk;
+            gm[d] = bk[d] == 0.0f ? 0.0f : (m_mu - sb[d]) * t[d];
+            gr[d] = ((m_mu - 2.0f * sb[d]) * bk[d] + sa[d] * t[d] - mk) * (0.5f * variance_floor * t[d] - 0.5f);
+        }
+    }
+}
+
+/* Per-component sums of the winners' windows: for every window position p = (n, i, j) of a Folding with window
+ * (fy, fx) and stride (sy, sx) over features (N, H, W, C), add the window (fy, fx, C) to sums[best[p]].
+ * best: (N, Ho, Wo); sums: (K, fy, fx, C), zeroed by the caller. A window row is fx * C contiguous floats in
+ * both arrays. */
+void window_sums(const float *features, int64_t N, int64_t H, int64_t W, int64_t C, const int64_t *best, int64_t Ho,
+                 int64_t Wo, int64_t fy, int64_t fx, int64_t sy, int64_t sx, float *sums)
+{
+    int64_t row = fx * C;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t i = 0; i < Ho; i++)
+            for (int64_t j = 0; j < Wo; j++) {
+                int64_t k = best[(n * Ho + i) * Wo + j];
+                for (int64_t dy = 0; dy < fy; dy++) {
+                    const float *source = features + ((n * H + i * sy + dy) * W + j * sx) * C;
+                    float *target = sums + (k * fy + dy) * row;
+#pragma omp simd
+                    for (int64_t t = 0; t < row; t++)
+                        target[t] += source[t];
+                }
+            }
+}

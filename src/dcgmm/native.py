@@ -1,0 +1,180 @@
+"""Fused C loops for the training step of GMM layers, built on first use with the system C compiler.
+
+A training step of 2L-c is ~150 short operations, and most of its time goes to element-wise passes over
+memory, not to arithmetic (docs/benchmarks.md). ``native.c`` does three of them in one pass each: the
+Gaussian terms of a layer's parameters (:func:`gaussian_terms`), the gradients (:func:`gradients`) and the
+per-component sums of the winners' windows (:func:`window_sums`, which replaces the one-hot map and the
+convolution's weight gradient). The PyTorch code in :mod:`dcgmm.layers.gmm` stays the reference
+(tests/test_native.py compares them) and the fallback.
+
+The library is compiled with ``$CC`` (else ``cc``) for this CPU (``-march=native``) into
+``~/.cache/dcgmm/native`` (or ``$DCGMM_NATIVE_DIR``), under a name hashed from the source, the flags, the compiler and
+the CPU, so that a cache shared between machines never loads a library built for another CPU. Where no
+compiler works, or with ``DCGMM_NATIVE=0``, training uses the PyTorch path (same results up to rounding,
+slower); :func:`status` says which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("native.c")
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-shared", "-fPIC"]
+VECTOR_MATH = ["-DDCGMM_VECTOR_MATH", "-lmvec"]
+"""With glibc's vector math library (x86-64 and arm64 Linux); tried first, then without."""
+
+_library: ctypes.CDLL | None = None
+_status: str | None = None
+_disabled = 0
+
+
+def _cache_folder() -> Path:
+    return Path(os.environ.get("DCGMM_NATIVE_DIR") or Path.home() / ".cache" / "dcgmm" / "native").expanduser()
+
+
+def _cpu_signature() -> str:
+    """The CPU's model and feature flags (``-march=native`` depends on them)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags", "Features"))}))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _compiler() -> str | None:
+    name = os.environ.get("CC", "cc").split()[0]
+    return shutil.which(name)
+
+
+def _build(compiler: str) -> tuple[Path | None, str]:
+    """Compile native.c (or reuse the cached build); returns the library's path, or None and why not."""
+    source = SOURCE.read_bytes()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    errors = []
+    for extra in (VECTOR_MATH, []):
+        key = hashlib.sha256(b"\0".join(s.encode() for s in [version, _cpu_signature(), " ".join(FLAGS + extra)]) + source)
+        target = _cache_folder() / f"native-{key.hexdigest()[:16]}.so"
+        if target.exists():
+            return target, f"native kernels ({target})"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:  # built aside, then renamed into place
+            partial = Path(scratch) / target.name
+            done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial), *extra, "-lm"],
+                                  capture_output=True, text=True, timeout=120)
+            if done.returncode == 0:
+                os.replace(partial, target)
+                return target, f"native kernels, built now ({target})"
+            errors.append((done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1])
+    return None, f"PyTorch path: {compiler} could not build {SOURCE.name} ({errors[-1]})"
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded C library, or None (then :func:`status` says why); built and loaded once per process."""
+    global _library, _status
+    if _status is not None:
+        return _library
+    if os.environ.get("DCGMM_NATIVE", "1") == "0":
+        _status = "PyTorch path (DCGMM_NATIVE=0)"
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        _status = "PyTorch path: no C compiler (set CC, or install one, for the faster native kernels)"
+        return None
+    try:
+        path, _status = _build(compiler)
+        if path is not None:
+            _library = _load(path)
+    except (OSError, subprocess.SubprocessError) as error:
+        _library, _status = None, f"PyTorch path: the native kernels failed to build or load ({error})"
+    return _library
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    p, i, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    lib.gaussian_terms.argtypes = [p, p, p, i, i, f, f, p, p, p]
+    lib.gmm_gradients.argtypes = [p, p, p, p, p, p, p, i, i, f, p, p, p]
+    lib.window_sums.argtypes = [p, i, i, i, i, p, i, i, i, i, i, i, p]
+    for function in (lib.gaussian_terms, lib.gmm_gradients, lib.window_sums):
+        function.restype = None
+    return lib
+
+
+def status() -> str:
+    """Which path the training step takes, and why."""
+    library()
+    return _status
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the native kernels can take these tensors: the library loaded, not :func:`disabled`, and all of them
+    float32 on the CPU."""
+    return not _disabled and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and library() is not None
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within this block the training step takes the PyTorch path (for comparisons of the two)."""
+    global _disabled
+    _disabled += 1
+    try:
+        yield
+    finally:
+        _disabled -= 1
+
+
+def _pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(tensor.data_ptr())
+
+
+def gaussian_terms(weight_logits: torch.Tensor, centroids: torch.Tensor, precision_raw: torch.Tensor,
+                   variance_floor: float, tiny: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """tau (K, D), b = tau mu (K, D) with entries below ``tiny`` in magnitude as 0, and c (K,) of
+    :meth:`dcgmm.layers.GMM.coefficients`, from weight_logits (K,), centroids and precision_raw (K, D)."""
+    weight_logits, centroids, precision_raw = (t.contiguous() for t in (weight_logits, centroids, precision_raw))
+    k, d = centroids.shape
+    tau, b, c = torch.empty(k, d), torch.empty(k, d), torch.empty(k)
+    library().gaussian_terms(_pointer(weight_logits), _pointer(centroids), _pointer(precision_raw), k, d,
+                             -math.log(variance_floor), tiny, _pointer(tau), _pointer(b), _pointer(c))
+    return tau, b, c
+
+
+def gradients(weight_logits, centroids, tau, b, stats_a, stats_b, mass, variance_floor: float) -> tuple[torch.Tensor, ...]:
+    """The gradients of :func:`dcgmm.layers.gmm.max_component_step` with respect to (weight_logits, centroids,
+    precision_raw), from the parameters, the terms ``tau``, ``b`` and the sums ``S_a``, ``S_b`` (K, D), mass (K,)."""
+    inputs = [t.contiguous() for t in (weight_logits, centroids, tau, b, stats_a, stats_b, mass)]
+    k, d = centroids.shape
+    grad_w, grad_mu, grad_raw = torch.empty(k), torch.empty(k, d), torch.empty(k, d)
+    library().gmm_gradients(*map(_pointer, inputs), k, d, variance_floor, _pointer(grad_w), _pointer(grad_mu), _pointer(grad_raw))
+    return grad_w, grad_mu, grad_raw
+
+
+def window_sums(features: torch.Tensor, best: torch.Tensor, window: tuple[int, int], stride: tuple[int, int],
+                n_components: int) -> torch.Tensor:
+    """Per-component sums of the winners' windows.
+
+    ``features`` (N, H, W, C); ``best`` (N, H', W') int64, the winning component of each window position of a
+    Folding with ``window`` (fy, fx) and ``stride`` (sy, sx). Returns (K, fy, fx, C): ``sums[k]`` is the sum of
+    the windows whose winner is k.
+    """
+    features, best = features.contiguous(), best.contiguous()
+    (n, h, w, c), (_, rows, cols) = features.shape, best.shape
+    (fy, fx), (sy, sx) = window, stride
+    if rows != (h - fy) // sy + 1 or cols != (w - fx) // sx + 1 or len(best) != n:
+        raise ValueError(f"winners {tuple(best.shape)} do not match the windows {window}, stride {stride} of {tuple(features.shape)}")
+    if len(best) and not 0 <= int(best.min()) <= int(best.max()) < n_components:
+        raise ValueError(f"winners must lie in [0, {n_components})")
+    sums = torch.zeros(n_components, fy, fx, c)
+    library().window_sums(_pointer(features), n, h, w, c, _pointer(best), rows, cols, fy, fx, sy, sx, _pointer(sums))
+    return sums
