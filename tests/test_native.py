@@ -72,6 +72,22 @@ def test_window_sums_equal_folding_then_a_sum_per_winner(window, stride, channel
         torch.testing.assert_close(sums[k], reference, rtol=sum_rtol(best.numel()), atol=0)
 
 
+def test_winner_sums_equal_a_sum_per_winner():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.rand(300, 37, generator=gen)
+    best = torch.randint(0, 6, (300,), generator=gen)
+    best[:2] = 5  # component 4 may win nothing; 5 surely wins
+    stats_a, stats_b = native.winner_sums(x, best, 7)
+    assert stats_a.shape == stats_b.shape == (7, 37) and (stats_a[6] == 0).all()
+    for k in range(7):
+        torch.testing.assert_close(stats_a[k], (x[best == k] ** 2).sum(0), rtol=sum_rtol(300), atol=0)
+        torch.testing.assert_close(stats_b[k], x[best == k].sum(0), rtol=sum_rtol(300), atol=0)
+    with pytest.raises(ValueError, match="do not match"):
+        native.winner_sums(x, best[:10], 7)
+    with pytest.raises(ValueError, match=r"lie in \[0, 5\)"):
+        native.winner_sums(x, best, 5)
+
+
 def test_window_sums_refuse_winners_that_do_not_fit():
     h = torch.rand(2, 6, 6, 1)
     with pytest.raises(ValueError, match="do not match"):

@@ -80,9 +80,10 @@ void gmm_gradients(const float *weight_logits, const float *mu, const float *tau
 /* Per-component sums of the winners' windows: for every window position p = (n, i, j) of a Folding with window
  * (fy, fx) and stride (sy, sx) over features (N, H, W, C), add the window (fy, fx, C) to sums[best[p]].
  * best: (N, Ho, Wo); sums: (K, fy, fx, C), zeroed by the caller. A window row is fx * C contiguous floats in
- * both arrays. */
+ * both arrays. The sums are kept in double: thousands of small values, many ~1e-16 (responsibilities), would
+ * otherwise be added one by one to a float32 total and partly lost. */
 void window_sums(const float *features, int64_t N, int64_t H, int64_t W, int64_t C, const int64_t *best, int64_t Ho,
-                 int64_t Wo, int64_t fy, int64_t fx, int64_t sy, int64_t sx, float *sums)
+                 int64_t Wo, int64_t fy, int64_t fx, int64_t sy, int64_t sx, double *sums)
 {
     int64_t row = fx * C;
     for (int64_t n = 0; n < N; n++)
@@ -91,10 +92,25 @@ void window_sums(const float *features, int64_t N, int64_t H, int64_t W, int64_t
                 int64_t k = best[(n * Ho + i) * Wo + j];
                 for (int64_t dy = 0; dy < fy; dy++) {
                     const float *source = features + ((n * H + i * sy + dy) * W + j * sx) * C;
-                    float *target = sums + (k * fy + dy) * row;
+                    double *target = sums + (k * fy + dy) * row;
 #pragma omp simd
                     for (int64_t t = 0; t < row; t++)
                         target[t] += source[t];
                 }
             }
+}
+
+/* Per-component sums of the winners' rows and of their squares, in double as in window_sums: for every row p of
+ * x (P, D), add x_p^2 to stats_a[best[p]] and x_p to stats_b[best[p]]. stats_a, stats_b: (K, D), zeroed by the caller. */
+void winner_sums(const float *x, int64_t P, int64_t D, const int64_t *best, double *stats_a, double *stats_b)
+{
+    for (int64_t p = 0; p < P; p++) {
+        const float *row = x + p * D;
+        double *sa = stats_a + best[p] * D, *sb = stats_b + best[p] * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; d++) {
+            sa[d] += (double)row[d] * row[d];
+            sb[d] += row[d];
+        }
+    }
 }

@@ -1,11 +1,11 @@
 """Fused C loops for the training step of GMM layers, built on first use with the system C compiler.
 
 A training step of 2L-c is ~150 short operations, and most of its time goes to element-wise passes over
-memory, not to arithmetic (docs/benchmarks.md). ``native.c`` does three of them in one pass each: the
-Gaussian terms of a layer's parameters (:func:`gaussian_terms`), the gradients (:func:`gradients`) and the
+memory, not to arithmetic (docs/benchmarks.md). ``native.c`` does four of them in one pass each: the
+Gaussian terms of a layer's parameters (:func:`gaussian_terms`), the gradients (:func:`gradients`), the
 per-component sums of the winners' windows (:func:`window_sums`, which replaces the one-hot map and the
-convolution's weight gradient). The PyTorch code in :mod:`dcgmm.layers.gmm` stays the reference
-(tests/test_native.py compares them) and the fallback.
+convolution's weight gradient) and of the winners' rows (:func:`winner_sums`, two index-adds). The PyTorch code
+in :mod:`dcgmm.layers.gmm` stays the reference (tests/test_native.py compares them) and the fallback.
 
 The library is compiled with ``$CC`` (else ``cc``) for this CPU (``-march=native``) into
 ``~/.cache/dcgmm/native`` (or ``$DCGMM_NATIVE_DIR``), under a name hashed from the source, the flags, the compiler and
@@ -106,7 +106,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.gaussian_terms.argtypes = [p, p, p, i, i, f, f, p, p, p]
     lib.gmm_gradients.argtypes = [p, p, p, p, p, p, p, i, i, f, p, p, p]
     lib.window_sums.argtypes = [p, i, i, i, i, p, i, i, i, i, i, i, p]
-    for function in (lib.gaussian_terms, lib.gmm_gradients, lib.window_sums):
+    lib.winner_sums.argtypes = [p, i, i, p, p, p]
+    for function in (lib.gaussian_terms, lib.gmm_gradients, lib.window_sums, lib.winner_sums):
         function.restype = None
     return lib
 
@@ -160,6 +161,23 @@ def gradients(weight_logits, centroids, tau, b, stats_a, stats_b, mass, variance
     return grad_w, grad_mu, grad_raw
 
 
+def _check_winners(best: torch.Tensor, n_components: int) -> None:
+    if len(best) and not 0 <= int(best.min()) <= int(best.max()) < n_components:
+        raise ValueError(f"winners must lie in [0, {n_components})")
+
+
+def winner_sums(x: torch.Tensor, best: torch.Tensor, n_components: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-component sums of the rows of ``x`` (P, D) and of their squares, each row counted towards its winner
+    ``best`` (P,) int64: returns ``S_a``, ``S_b`` (K, D)."""
+    x, best = x.contiguous(), best.contiguous()
+    if best.shape != x.shape[:1]:
+        raise ValueError(f"winners {tuple(best.shape)} do not match the rows of {tuple(x.shape)}")
+    _check_winners(best, n_components)
+    stats_a, stats_b = (torch.zeros(n_components, x.shape[1], dtype=torch.float64) for _ in range(2))  # see native.c
+    library().winner_sums(_pointer(x), x.shape[0], x.shape[1], _pointer(best), _pointer(stats_a), _pointer(stats_b))
+    return stats_a.float(), stats_b.float()
+
+
 def window_sums(features: torch.Tensor, best: torch.Tensor, window: tuple[int, int], stride: tuple[int, int],
                 n_components: int) -> torch.Tensor:
     """Per-component sums of the winners' windows.
@@ -173,8 +191,7 @@ def window_sums(features: torch.Tensor, best: torch.Tensor, window: tuple[int, i
     (fy, fx), (sy, sx) = window, stride
     if rows != (h - fy) // sy + 1 or cols != (w - fx) // sx + 1 or len(best) != n:
         raise ValueError(f"winners {tuple(best.shape)} do not match the windows {window}, stride {stride} of {tuple(features.shape)}")
-    if len(best) and not 0 <= int(best.min()) <= int(best.max()) < n_components:
-        raise ValueError(f"winners must lie in [0, {n_components})")
-    sums = torch.zeros(n_components, fy, fx, c)
+    _check_winners(best, n_components)
+    sums = torch.zeros(n_components, fy, fx, c, dtype=torch.float64)  # kept in double, see native.c
     library().window_sums(_pointer(features), n, h, w, c, _pointer(best), rows, cols, fy, fx, sy, sx, _pointer(sums))
-    return sums
+    return sums.float()

@@ -382,8 +382,11 @@ def max_component_step(
     log_joint = torch.addmm(c, squares, tau.t(), alpha=-0.5).addmm_(flat, b.t())  # [P, K]
     n = len(flat)
     top, best, output = _winners(log_joint, kernel)
-    stats_a = torch.zeros_like(tau).index_add_(0, best, squares).div_(n)  # [K, D]
-    stats_b = torch.zeros_like(tau).index_add_(0, best, flat).div_(n)
+    if fast:
+        stats_a, stats_b = (stats.div_(n) for stats in native.winner_sums(flat, best, len(centroids)))  # [K, D]
+    else:
+        stats_a = torch.zeros_like(tau).index_add_(0, best, squares).div_(n)  # [K, D]
+        stats_b = torch.zeros_like(tau).index_add_(0, best, flat).div_(n)
     mass = torch.bincount(best, minlength=len(centroids)).to(flat.dtype).div_(n)
     if kernel is not None:  # position p counts g[k*(p), j] towards component j
         stats_a, stats_b, mass = kernel.t() @ stats_a, kernel.t() @ stats_b, kernel.t() @ mass
