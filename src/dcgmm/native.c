@@ -2,8 +2,8 @@
  *
  * Each function does in one pass over memory what the PyTorch path does in several element-wise operations;
  * dcgmm/layers/gmm.py holds that PyTorch path, which stays the reference (tests/test_native.py compares the
- * two) and the fallback where no compiler is found. All arrays are float32 (indices int64), C-contiguous,
- * single-threaded. With DCGMM_VECTOR_MATH, expf and logf are declared as SIMD functions so that the loops
+ * two) and the fallback where no compiler is found. Arrays are float32 (indices int64; the sums' totals double),
+ * C-contiguous; single-threaded. With DCGMM_VECTOR_MATH, expf and logf are declared as SIMD functions so that the loops
  * vectorise through glibc's libmvec.
  */
 #include <math.h>
