@@ -362,7 +362,9 @@ def max_component_step(
       -sigmoid(precision_raw) = tau / tau_max - 1``
     * ``dL/dweight_logits = pi sum(m) - m``
 
-    tests/layers/test_gmm.py checks value and gradients against autograd through :meth:`GMM.loss`.
+    tests/layers/test_gmm.py checks value and gradients against autograd through :meth:`GMM.loss`. On the CPU in
+    float32, the terms, the sums and the gradients are computed by the fused C loops of :mod:`dcgmm.native` where
+    they are available (tests/test_native.py compares the two paths).
 
     Parameters
     ----------
@@ -410,7 +412,8 @@ def folded_max_component_step(
     for the output gradient "position p counts towards its winner" — so the ``(P, fy*fx*C)`` tensor of
     windows never exists. Where windows overlap a lot (each pixel in many of them) this moves far less
     memory (:func:`convolution_pays`). Same results as Folding followed by :func:`max_component_step`, up to
-    rounding (tests/layers/test_gmm.py).
+    rounding (tests/layers/test_gmm.py). With :mod:`dcgmm.native` (CPU, float32), the sums are added up window by
+    window instead (:func:`dcgmm.native.window_sums`): no one-hot map, no dense weight gradient.
 
     Parameters
     ----------
@@ -437,7 +440,7 @@ def folded_max_component_step(
     n = len(log_joint)
     top, best, output = _winners(log_joint, kernel)
     mass = torch.bincount(best, minlength=k).to(log_joint.dtype).div_(n)
-    if fast:  # the winners' windows summed directly: 12 100 x 64 additions for 2L-c instead of a dense convolution
+    if fast:  # the winners' windows added up directly: for 2L-c, 12 100 windows of 128 values instead of a weight gradient
         stats = native.window_sums(features.permute(0, 2, 3, 1), best.reshape(n_images, rows, cols), window, stride, k).div_(n)
     else:
         share = torch.zeros_like(log_joint).scatter_(1, best[:, None], 1.0 / n)  # [P, K]: p counts 1/n towards k*(p)
