@@ -2,9 +2,9 @@
  *
  * Each function does in one pass over memory what the PyTorch path does in several element-wise operations;
  * dcgmm/layers/gmm.py holds that PyTorch path, which stays the reference (tests/test_native.py compares the
- * two) and the fallback where no compiler is found. Arrays are float32 (indices int64; the sums' totals double),
- * C-contiguous; single-threaded. With DCGMM_VECTOR_MATH, expf and logf are declared as SIMD functions so that the loops
- * vectorise through glibc's libmvec.
+ * two) and the fallback where no compiler is found. Arrays are float32 (indices int64; window_sums' totals
+ * double), C-contiguous; single-threaded. With DCGMM_VECTOR_MATH, expf and logf are declared as SIMD functions
+ * so that the loops vectorise through glibc's libmvec.
  */
 #include <math.h>
 #include <stdint.h>
@@ -100,16 +100,18 @@ void window_sums(const float *features, int64_t N, int64_t H, int64_t W, int64_t
             }
 }
 
-/* Per-component sums of the winners' rows and of their squares, in double as in window_sums: for every row p of
- * x (P, D), add x_p^2 to stats_a[best[p]] and x_p to stats_b[best[p]]. stats_a, stats_b: (K, D), zeroed by the caller. */
-void winner_sums(const float *x, int64_t P, int64_t D, const int64_t *best, double *stats_a, double *stats_b)
+/* Per-component sums of the winners' rows and of their squares: for every row p of x (P, D), add x_p^2 to
+ * stats_a[best[p]] and x_p to stats_b[best[p]]. stats_a, stats_b: (K, D), zeroed by the caller. In float32, as
+ * the index-adds they replace: the unfolded step has few rows per component (a top layer: one per image), and
+ * zeroing, filling and converting K x D double totals costs more than the additions themselves. */
+void winner_sums(const float *x, int64_t P, int64_t D, const int64_t *best, float *stats_a, float *stats_b)
 {
     for (int64_t p = 0; p < P; p++) {
         const float *row = x + p * D;
-        double *sa = stats_a + best[p] * D, *sb = stats_b + best[p] * D;
+        float *sa = stats_a + best[p] * D, *sb = stats_b + best[p] * D;
 #pragma omp simd
         for (int64_t d = 0; d < D; d++) {
-            sa[d] += (double)row[d] * row[d];
+            sa[d] += row[d] * row[d];
             sb[d] += row[d];
         }
     }

@@ -173,9 +173,9 @@ def winner_sums(x: torch.Tensor, best: torch.Tensor, n_components: int) -> tuple
     if best.shape != x.shape[:1]:
         raise ValueError(f"winners {tuple(best.shape)} do not match the rows of {tuple(x.shape)}")
     _check_winners(best, n_components)
-    stats_a, stats_b = (torch.zeros(n_components, x.shape[1], dtype=torch.float64) for _ in range(2))  # see native.c
+    stats_a, stats_b = torch.zeros(n_components, x.shape[1]), torch.zeros(n_components, x.shape[1])
     library().winner_sums(_pointer(x), x.shape[0], x.shape[1], _pointer(best), _pointer(stats_a), _pointer(stats_b))
-    return stats_a.float(), stats_b.float()
+    return stats_a, stats_b
 
 
 def window_sums(features: torch.Tensor, best: torch.Tensor, window: tuple[int, int], stride: tuple[int, int],
