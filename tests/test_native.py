@@ -88,12 +88,26 @@ def test_winner_sums_equal_a_sum_per_winner():
         native.winner_sums(x, best, 5)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_square_features_are_the_squares_then_the_values(channels):
+    h = torch.rand(3, 5, 4, channels, generator=torch.Generator().manual_seed(8))
+    features = native.square_features(h)
+    assert features.shape == (3, 5, 4, 2 * channels)
+    assert torch.equal(features[..., :channels], h * h) and torch.equal(features[..., channels:], h)
+
+
 def test_window_sums_refuse_winners_that_do_not_fit():
     h = torch.rand(2, 6, 6, 1)
     with pytest.raises(ValueError, match="do not match"):
         native.window_sums(h, torch.zeros(2, 3, 3, dtype=torch.int64), (3, 3), (1, 1), 4)
     with pytest.raises(ValueError, match=r"lie in \[0, 4\)"):
         native.window_sums(h, torch.full((2, 4, 4), 4), (3, 3), (1, 1), 4)
+    with pytest.raises(ValueError, match=r"lie in \[0, 4\)"):
+        native.window_sums(h, torch.full((2, 4, 4), -1), (3, 3), (1, 1), 4)
+    with pytest.raises(ValueError, match="int64 tensors on the CPU; got torch.int32"):
+        native.window_sums(h, torch.zeros(2, 4, 4, dtype=torch.int32), (3, 3), (1, 1), 4)
+    with pytest.raises(ValueError, match="float32 tensors on the CPU; got torch.float64"):
+        native.window_sums(h.double(), torch.zeros(2, 4, 4, dtype=torch.int64), (3, 3), (1, 1), 4)
 
 
 def random_layer(in_shape, k, seed):

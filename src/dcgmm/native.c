@@ -80,16 +80,18 @@ void gmm_gradients(const float *weight_logits, const float *mu, const float *tau
 /* Per-component sums of the winners' windows: for every window position p = (n, i, j) of a Folding with window
  * (fy, fx) and stride (sy, sx) over features (N, H, W, C), add the window (fy, fx, C) to sums[best[p]].
  * best: (N, Ho, Wo); sums: (K, fy, fx, C), zeroed by the caller. A window row is fx * C contiguous floats in
- * both arrays. The sums are kept in double: thousands of small values, many ~1e-16 (responsibilities), would
+ * both arrays. Returns 0, or -1 (at once, nothing written out of bounds) for a winner outside [0, K). The sums are kept in double: thousands of small values, many ~1e-16 (responsibilities), would
  * otherwise be added one by one to a float32 total and partly lost. */
-void window_sums(const float *features, int64_t N, int64_t H, int64_t W, int64_t C, const int64_t *best, int64_t Ho,
-                 int64_t Wo, int64_t fy, int64_t fx, int64_t sy, int64_t sx, double *sums)
+int window_sums(const float *features, int64_t N, int64_t H, int64_t W, int64_t C, const int64_t *best, int64_t Ho,
+                int64_t Wo, int64_t fy, int64_t fx, int64_t sy, int64_t sx, int64_t K, double *sums)
 {
     int64_t row = fx * C;
     for (int64_t n = 0; n < N; n++)
         for (int64_t i = 0; i < Ho; i++)
             for (int64_t j = 0; j < Wo; j++) {
                 int64_t k = best[(n * Ho + i) * Wo + j];
+                if (k < 0 || k >= K)
+                    return -1;
                 for (int64_t dy = 0; dy < fy; dy++) {
                     const float *source = features + ((n * H + i * sy + dy) * W + j * sx) * C;
                     double *target = sums + (k * fy + dy) * row;
@@ -98,21 +100,49 @@ void window_sums(const float *features, int64_t N, int64_t H, int64_t W, int64_t
                         target[t] += source[t];
                 }
             }
+    return 0;
 }
 
 /* Per-component sums of the winners' rows and of their squares: for every row p of x (P, D), add x_p^2 to
  * stats_a[best[p]] and x_p to stats_b[best[p]]. stats_a, stats_b: (K, D), zeroed by the caller. In float32, as
  * the index-adds they replace: the unfolded step has few rows per component (a top layer: one per image), and
- * zeroing, filling and converting K x D double totals costs more than the additions themselves. */
-void winner_sums(const float *x, int64_t P, int64_t D, const int64_t *best, float *stats_a, float *stats_b)
+ * zeroing, filling and converting K x D double totals costs more than the additions themselves. Returns 0, or
+ * -1 as window_sums. */
+int winner_sums(const float *x, int64_t P, int64_t D, const int64_t *best, int64_t K, float *stats_a, float *stats_b)
 {
     for (int64_t p = 0; p < P; p++) {
+        if (best[p] < 0 || best[p] >= K)
+            return -1;
         const float *row = x + p * D;
         float *sa = stats_a + best[p] * D, *sb = stats_b + best[p] * D;
 #pragma omp simd
         for (int64_t d = 0; d < D; d++) {
             sa[d] += row[d] * row[d];
             sb[d] += row[d];
+        }
+    }
+    return 0;
+}
+
+/* The convolution's input [x^2, x] of a Folding + GMM pair: features (M, 2C) from x (M, C), M = N H W pixels;
+ * row m is (x_m1^2 ... x_mC^2, x_m1 ... x_mC). */
+void square_features(const float *x, int64_t M, int64_t C, float *features)
+{
+    if (C == 1) { /* grey images: one loop over all pixels, which vectorises */
+#pragma omp simd
+        for (int64_t m = 0; m < M; m++) {
+            features[2 * m] = x[m] * x[m];
+            features[2 * m + 1] = x[m];
+        }
+        return;
+    }
+    for (int64_t m = 0; m < M; m++) {
+        const float *source = x + m * C;
+        float *target = features + m * 2 * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) {
+            target[c] = source[c] * source[c];
+            target[C + c] = source[c];
         }
     }
 }

@@ -1,10 +1,11 @@
 """Fused C loops for the training step of GMM layers, built on first use with the system C compiler.
 
 A training step of 2L-c is ~150 short operations, and most of its time goes to element-wise passes over
-memory, not to arithmetic (docs/benchmarks.md). ``native.c`` does four of them in one pass each: the
+memory, not to arithmetic (docs/benchmarks.md). ``native.c`` does five of them in one pass each: the
 Gaussian terms of a layer's parameters (:func:`gaussian_terms`), the gradients (:func:`gradients`), the
-per-component sums of the winners' windows (:func:`window_sums`, which replaces the one-hot map and the
-convolution's weight gradient) and of the winners' rows (:func:`winner_sums`, two index-adds). The PyTorch code
+convolution's input ``[x^2, x]`` (:func:`square_features`), the per-component sums of the winners' windows
+(:func:`window_sums`, which replaces the one-hot map and the convolution's weight gradient) and of the winners'
+rows (:func:`winner_sums`, two index-adds). The PyTorch code
 in :mod:`dcgmm.layers.gmm` stays the reference (tests/test_native.py compares them) and the fallback.
 
 The library is compiled with ``$CC`` (else ``cc``) for this CPU (``-march=native``) into
@@ -105,10 +106,12 @@ def _load(path: Path) -> ctypes.CDLL:
     p, i, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     lib.gaussian_terms.argtypes = [p, p, p, i, i, f, f, p, p, p]
     lib.gmm_gradients.argtypes = [p, p, p, p, p, p, p, i, i, f, p, p, p]
-    lib.window_sums.argtypes = [p, i, i, i, i, p, i, i, i, i, i, i, p]
-    lib.winner_sums.argtypes = [p, i, i, p, p, p]
-    for function in (lib.gaussian_terms, lib.gmm_gradients, lib.window_sums, lib.winner_sums):
+    lib.window_sums.argtypes = [p, i, i, i, i, p, i, i, i, i, i, i, i, p]
+    lib.winner_sums.argtypes = [p, i, i, p, i, p, p]
+    lib.square_features.argtypes = [p, i, i, p]
+    for function in (lib.gaussian_terms, lib.gmm_gradients, lib.square_features):
         function.restype = None
+    lib.window_sums.restype = lib.winner_sums.restype = ctypes.c_int
     return lib
 
 
@@ -139,11 +142,19 @@ def _pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(tensor.data_ptr())
 
 
+def _inputs(*tensors: torch.Tensor, dtype=torch.float32) -> list[torch.Tensor]:
+    """The tensors as the C loops read them (contiguous); refuses any not of ``dtype`` on the CPU."""
+    for tensor in tensors:
+        if tensor.device.type != "cpu" or tensor.dtype != dtype:
+            raise ValueError(f"the native kernels take {dtype} tensors on the CPU; got {tensor.dtype} on {tensor.device}")
+    return [tensor.contiguous() for tensor in tensors]
+
+
 def gaussian_terms(weight_logits: torch.Tensor, centroids: torch.Tensor, precision_raw: torch.Tensor,
                    variance_floor: float, tiny: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """tau (K, D), b = tau mu (K, D) with entries below ``tiny`` in magnitude as 0, and c (K,) of
     :meth:`dcgmm.layers.GMM.coefficients`, from weight_logits (K,), centroids and precision_raw (K, D)."""
-    weight_logits, centroids, precision_raw = (t.contiguous() for t in (weight_logits, centroids, precision_raw))
+    weight_logits, centroids, precision_raw = _inputs(weight_logits, centroids, precision_raw)
     k, d = centroids.shape
     tau, b, c = torch.empty(k, d), torch.empty(k, d), torch.empty(k)
     library().gaussian_terms(_pointer(weight_logits), _pointer(centroids), _pointer(precision_raw), k, d,
@@ -154,27 +165,36 @@ def gaussian_terms(weight_logits: torch.Tensor, centroids: torch.Tensor, precisi
 def gradients(weight_logits, centroids, tau, b, stats_a, stats_b, mass, variance_floor: float) -> tuple[torch.Tensor, ...]:
     """The gradients of :func:`dcgmm.layers.gmm.max_component_step` with respect to (weight_logits, centroids,
     precision_raw), from the parameters, the terms ``tau``, ``b`` and the sums ``S_a``, ``S_b`` (K, D), mass (K,)."""
-    inputs = [t.contiguous() for t in (weight_logits, centroids, tau, b, stats_a, stats_b, mass)]
+    inputs = _inputs(weight_logits, centroids, tau, b, stats_a, stats_b, mass)
     k, d = centroids.shape
     grad_w, grad_mu, grad_raw = torch.empty(k), torch.empty(k, d), torch.empty(k, d)
     library().gmm_gradients(*map(_pointer, inputs), k, d, variance_floor, _pointer(grad_w), _pointer(grad_mu), _pointer(grad_raw))
     return grad_w, grad_mu, grad_raw
 
 
-def _check_winners(best: torch.Tensor, n_components: int) -> None:
-    if len(best) and not 0 <= int(best.min()) <= int(best.max()) < n_components:
+def square_features(h: torch.Tensor) -> torch.Tensor:
+    """``[h^2, h]`` along the channels: (N, H, W, C) -> (N, H, W, 2C), squares first."""
+    (h,) = _inputs(h)
+    features = torch.empty(*h.shape[:3], 2 * h.shape[3])
+    library().square_features(_pointer(h), h.numel() // h.shape[3], h.shape[3], _pointer(features))
+    return features
+
+
+def _check_winners(code: int, n_components: int) -> None:
+    """Raise for the return code -1 of the C sums: a winner outside [0, K); they stop before writing anywhere else."""
+    if code != 0:
         raise ValueError(f"winners must lie in [0, {n_components})")
 
 
 def winner_sums(x: torch.Tensor, best: torch.Tensor, n_components: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-component sums of the rows of ``x`` (P, D) and of their squares, each row counted towards its winner
     ``best`` (P,) int64: returns ``S_a``, ``S_b`` (K, D)."""
-    x, best = x.contiguous(), best.contiguous()
+    (x,), (best,) = _inputs(x), _inputs(best, dtype=torch.int64)
     if best.shape != x.shape[:1]:
         raise ValueError(f"winners {tuple(best.shape)} do not match the rows of {tuple(x.shape)}")
-    _check_winners(best, n_components)
     stats_a, stats_b = torch.zeros(n_components, x.shape[1]), torch.zeros(n_components, x.shape[1])
-    library().winner_sums(_pointer(x), x.shape[0], x.shape[1], _pointer(best), _pointer(stats_a), _pointer(stats_b))
+    code = library().winner_sums(_pointer(x), x.shape[0], x.shape[1], _pointer(best), n_components, _pointer(stats_a), _pointer(stats_b))
+    _check_winners(code, n_components)
     return stats_a, stats_b
 
 
@@ -186,12 +206,12 @@ def window_sums(features: torch.Tensor, best: torch.Tensor, window: tuple[int, i
     Folding with ``window`` (fy, fx) and ``stride`` (sy, sx). Returns (K, fy, fx, C): ``sums[k]`` is the sum of
     the windows whose winner is k.
     """
-    features, best = features.contiguous(), best.contiguous()
+    (features,), (best,) = _inputs(features), _inputs(best, dtype=torch.int64)
     (n, h, w, c), (_, rows, cols) = features.shape, best.shape
     (fy, fx), (sy, sx) = window, stride
     if rows != (h - fy) // sy + 1 or cols != (w - fx) // sx + 1 or len(best) != n:
         raise ValueError(f"winners {tuple(best.shape)} do not match the windows {window}, stride {stride} of {tuple(features.shape)}")
-    _check_winners(best, n_components)
     sums = torch.zeros(n_components, fy, fx, c, dtype=torch.float64)  # kept in double, see native.c
-    library().window_sums(_pointer(features), n, h, w, c, _pointer(best), rows, cols, fy, fx, sy, sx, _pointer(sums))
+    code = library().window_sums(_pointer(features), n, h, w, c, _pointer(best), rows, cols, fy, fx, sy, sx, n_components, _pointer(sums))
+    _check_winners(code, n_components)
     return sums.float()

@@ -430,9 +430,12 @@ def folded_max_component_step(
     (fy, fx), k, channels = window, len(centroids), h.shape[3]
     fast = native.usable(h, centroids)
     tau, b, c = _step_terms(weight_logits, centroids, precision_raw, variance_floor, fast)
-    x = h.permute(0, 3, 1, 2)  # [N, C, H, W], channels-last in memory
-    features = torch.cat([x * x, x], 1).contiguous(memory_format=torch.channels_last)  # [N, 2C, H, W]; oneDNN wants
-    # input and output gradient in one memory format (2x slower otherwise), and the latter is channels-last
+    if fast:
+        features = native.square_features(h).permute(0, 3, 1, 2)  # [N, 2C, H, W], channels-last in memory
+    else:
+        x = h.permute(0, 3, 1, 2)  # [N, C, H, W], channels-last in memory
+        features = torch.cat([x * x, x], 1).contiguous(memory_format=torch.channels_last)  # [N, 2C, H, W]; oneDNN wants
+        # input and output gradient in one memory format (2x slower otherwise), and the latter is channels-last
     filters = torch.cat([(-0.5 * tau).reshape(k, fy, fx, channels), b.reshape(k, fy, fx, channels)], 3).permute(0, 3, 1, 2)
     log_joint_map = F.conv2d(features, filters, c, stride=stride)  # [N, K, H', W']
     n_images, _, rows, cols = log_joint_map.shape
