@@ -155,3 +155,16 @@ def test_status_names_the_path(monkeypatch, tmp_path):
     monkeypatch.setenv("DCGMM_NATIVE_DIR", str(tmp_path))
     assert native.library() is None and "could not build" in native.status()
     assert list(tmp_path.rglob("*.so")) == []  # no half-written library left behind
+
+
+def test_a_library_without_the_loops_falls_back(monkeypatch):
+    """A cached file that loads but lacks the loops (another build, a damaged cache) leaves the PyTorch path."""
+    import ctypes.util
+
+    other = ctypes.util.find_library("m") or ctypes.util.find_library("c")
+    if other is None:
+        pytest.skip("no system library to stand in for a foreign build")
+    monkeypatch.setattr(native, "_status", None)
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_build", lambda compiler: (other, "native kernels (stand-in)"))
+    assert native.library() is None and "failed to build or load" in native.status()

@@ -96,7 +96,7 @@ def library() -> ctypes.CDLL | None:
         path, _status = _build(compiler)
         if path is not None:
             _library = _load(path)
-    except (OSError, subprocess.SubprocessError) as error:
+    except (OSError, AttributeError, subprocess.SubprocessError) as error:  # AttributeError: a library without a loop
         _library, _status = None, f"PyTorch path: the native kernels failed to build or load ({error})"
     return _library
 
