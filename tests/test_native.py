@@ -1,5 +1,6 @@
 """The fused C loops of dcgmm.native against the PyTorch path they replace, which stays the reference."""
 
+import contextlib
 import math
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from dcgmm import native
 from dcgmm.layers import GMM, Folding
-from dcgmm.layers.gmm import TINY_COEFFICIENT, _gaussian_terms, _gradients, smoothing_kernel
+from dcgmm.layers.gmm import TINY_COEFFICIENT, TINY_LOG_RATIO, _gaussian_terms, _gradients, responsibilities, smoothing_kernel
 
 from tolerance import EPS32, sum_rtol
 
@@ -96,6 +97,63 @@ def test_square_features_are_the_squares_then_the_values(channels):
     assert torch.equal(features[..., :channels], h * h) and torch.equal(features[..., channels:], h)
 
 
+@contextlib.contextmanager
+def threads(count):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("rows,k", [(1, 1), (15, 3), (16, 25), (37, 25), (200, 49), (33, 64)])
+@pytest.mark.parametrize("smoothed", [False, True])
+def test_winners_equal_max_bincount_and_responsibilities(rows, k, smoothed):
+    gen = torch.Generator().manual_seed(rows * k)
+    log_joint = torch.randn(rows, k, generator=gen) * 20
+    log_joint[0, k // 2] = -1e4  # far below the row's maximum: raised to the floor
+    scores = log_joint @ smoothing_kernel(k, 1.5).t() if smoothed and k > 1 else log_joint
+    top, best, counts, output = native.winners(scores, log_joint, TINY_LOG_RATIO)
+    ref_top, ref_best = scores.max(dim=1)
+    assert torch.equal(top, ref_top) and torch.equal(best, ref_best)  # comparisons only: exact
+    assert torch.equal(counts, torch.bincount(ref_best, minlength=k))
+    # exp by a polynomial (~1 ulp) of the same float32 differences, then a sum of k terms and a division
+    torch.testing.assert_close(output, responsibilities(log_joint, dim=1), rtol=0, atol=sum_rtol(k) + 4 * EPS32)
+    assert torch.allclose(output.sum(1), torch.ones(rows), atol=sum_rtol(k))
+
+
+def test_winners_take_the_first_of_equal_maxima_and_keep_a_nan_visible():
+    log_joint = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [0.0, float("nan"), 5.0, 1.0]])
+    top, best, counts, output = native.winners(log_joint, log_joint, TINY_LOG_RATIO)
+    assert best[:2].tolist() == [1, 0] and top[:2].tolist() == [3.0, 2.0] and math.isnan(top[2])
+    assert counts.sum() == 3 and torch.equal(output[1], torch.full((4,), 0.25))
+
+
+def test_winners_and_window_sums_do_not_depend_on_the_thread_count():
+    gen = torch.Generator().manual_seed(9)
+    log_joint = torch.randn(1000, 25, generator=gen) * 10
+    h = torch.rand(7, 12, 12, 4, generator=gen)
+    best = torch.randint(0, 6, (7, 10, 10), generator=gen)
+    results = []
+    for count in (1, 2, 3, 8):  # 8 threads for 7 images: some get none
+        with threads(count):
+            results.append((native.winners(log_joint, log_joint, TINY_LOG_RATIO), native.window_sums(h, best, (3, 3), (1, 1), 6)))
+    (reference, reference_sums), others = results[0], results[1:]
+    for winners, sums in others:  # rows are computed one by one: bit for bit; totals are added in another order
+        assert all(torch.equal(a, r) for a, r in zip(winners, reference))
+        torch.testing.assert_close(sums, reference_sums, rtol=sum_rtol(700), atol=0)
+
+
+def test_winners_refuse_what_they_cannot_take():
+    with pytest.raises(ValueError, match="one shape"):
+        native.winners(torch.zeros(4, 3), torch.zeros(4, 2), TINY_LOG_RATIO)
+    with pytest.raises(ValueError, match="K from 1 to 1024"):
+        native.winners(torch.zeros(4, 1025), torch.zeros(4, 1025), TINY_LOG_RATIO)
+    with pytest.raises(ValueError, match="float32 tensors on the CPU; got torch.float64"):
+        native.winners(torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, 3), TINY_LOG_RATIO)
+
+
 def test_window_sums_refuse_winners_that_do_not_fit():
     h = torch.rand(2, 6, 6, 1)
     with pytest.raises(ValueError, match="do not match"):
@@ -166,5 +224,5 @@ def test_a_library_without_the_loops_falls_back(monkeypatch):
         pytest.skip("no system library to stand in for a foreign build")
     monkeypatch.setattr(native, "_status", None)
     monkeypatch.setattr(native, "_library", None)
-    monkeypatch.setattr(native, "_build", lambda compiler: (other, "native kernels (stand-in)"))
-    assert native.library() is None and "failed to build or load" in native.status()
+    monkeypatch.setattr(native, "_build", lambda compiler, version, extra: (other, ""))
+    assert native.library() is None and "failed to load" in native.status()

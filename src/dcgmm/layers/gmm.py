@@ -383,13 +383,13 @@ def max_component_step(
     squares = flat * flat
     log_joint = torch.addmm(c, squares, tau.t(), alpha=-0.5).addmm_(flat, b.t())  # [P, K]
     n = len(flat)
-    top, best, output = _winners(log_joint, kernel)
+    top, best, counts, output = _winners(log_joint, kernel, fast)
     if fast:
         stats_a, stats_b = (stats.div_(n) for stats in native.winner_sums(flat, best, len(centroids)))  # [K, D]
     else:
         stats_a = torch.zeros_like(tau).index_add_(0, best, squares).div_(n)  # [K, D]
         stats_b = torch.zeros_like(tau).index_add_(0, best, flat).div_(n)
-    mass = torch.bincount(best, minlength=len(centroids)).to(flat.dtype).div_(n)
+    mass = counts.to(flat.dtype).div_(n)
     if kernel is not None:  # position p counts g[k*(p), j] towards component j
         stats_a, stats_b, mass = kernel.t() @ stats_a, kernel.t() @ stats_b, kernel.t() @ mass
     return top.mean(), output, _step_gradients(weight_logits, centroids, tau, b, stats_a, stats_b, mass, variance_floor, fast)
@@ -441,8 +441,8 @@ def folded_max_component_step(
     n_images, _, rows, cols = log_joint_map.shape
     log_joint = log_joint_map.permute(0, 2, 3, 1).reshape(-1, k)  # [P, K]
     n = len(log_joint)
-    top, best, output = _winners(log_joint, kernel)
-    mass = torch.bincount(best, minlength=k).to(log_joint.dtype).div_(n)
+    top, best, counts, output = _winners(log_joint, kernel, fast)
+    mass = counts.to(log_joint.dtype).div_(n)
     if fast:  # the winners' windows added up directly: for 2L-c, 12 100 windows of 128 values instead of a weight gradient
         stats = native.window_sums(features.permute(0, 2, 3, 1), best.reshape(n_images, rows, cols), window, stride, k).div_(n)
     else:
@@ -476,12 +476,15 @@ def convolution_pays(window: tuple[int, int], stride: tuple[int, int], positions
     return positions > 1 and overlap >= CONVOLUTION_OVERLAP
 
 
-def _winners(log_joint: torch.Tensor, kernel: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The winning (smoothed) log joint and component of every row of ``log_joint`` (P, K), and the
-    responsibilities (P, K)."""
+def _winners(log_joint: torch.Tensor, kernel: torch.Tensor | None, fast: bool) -> tuple[torch.Tensor, ...]:
+    """The winning (smoothed) log joint (P,) and component (P,) of every row of ``log_joint`` (P, K), how many rows
+    each component won (K,), and the responsibilities (P, K); by :func:`dcgmm.native.winners` when ``fast``."""
     smoothed = log_joint if kernel is None else log_joint @ kernel.t()
+    if fast and log_joint.shape[1] <= native.MAX_COMPONENTS:
+        return native.winners(smoothed, log_joint, TINY_LOG_RATIO)
     top, best = smoothed.max(dim=1)  # [P]: the winning component k*(p)
-    return top, best, responsibilities(log_joint, dim=1, row_max=top[:, None] if kernel is None else None)
+    counts = torch.bincount(best, minlength=log_joint.shape[1])
+    return top, best, counts, responsibilities(log_joint, dim=1, row_max=top[:, None] if kernel is None else None)
 
 
 def _step_terms(weight_logits, centroids, precision_raw, variance_floor: float, fast: bool) -> tuple[torch.Tensor, ...]:
