@@ -5,8 +5,8 @@
  * two) and the fallback where no compiler is found. Arrays are float32 (indices int64; window_sums' totals
  * double), C-contiguous. With DCGMM_VECTOR_MATH, expf and logf are declared as SIMD functions so that the loops
  * vectorise through glibc's libmvec. Built with -fopenmp (only where PyTorch itself runs on libgomp, whose
- * threads these loops then share), window_sums and winners split their work over `threads` OpenMP threads;
- * without it they run on one.
+ * threads these loops then share), the loops split their work over `threads` OpenMP threads where it is large
+ * enough to pay; without it they run on one.
  */
 #include <math.h>
 #include <stdint.h>
@@ -23,6 +23,8 @@ __attribute__((simd("notinbranch"))) float logf(float);
 #endif
 
 static const float LOG_2PI = 1.8378770664093453f;
+/* Loops over fewer elements than this run on one thread: starting the others would cost more. */
+#define PARALLEL_SIZE 16384
 
 /* log of sum_k exp(logits[k]), the normaliser of softmax(logits), K >= 1. */
 static float log_sum_exp(const float *logits, int64_t K)
@@ -39,9 +41,11 @@ static float log_sum_exp(const float *logits, int64_t K)
  *   log tau = log_tau_max - softplus(raw),  c_k = log pi_k + (sum_d log tau_kd - D log 2 pi - sum_d b_kd mu_kd) / 2.
  * softplus(x) = max(x, 0) + log(1 + exp(-|x|)). */
 void gaussian_terms(const float *weight_logits, const float *mu, const float *raw, int64_t K, int64_t D,
-                    float log_tau_max, float tiny, float *tau, float *b, float *c)
+                    float log_tau_max, float tiny, int threads, float *tau, float *b, float *c)
 {
     float log_norm = log_sum_exp(weight_logits, K);
+    (void)threads;
+#pragma omp parallel for num_threads(threads) if (K * D >= PARALLEL_SIZE)
     for (int64_t k = 0; k < K; k++) {
         const float *r = raw + k * D, *m = mu + k * D;
         float *t = tau + k * D, *bk = b + k * D, sum_log_tau = 0.0f, sum_b_mu = 0.0f;
@@ -65,12 +69,14 @@ void gaussian_terms(const float *weight_logits, const float *mu, const float *ra
  *   d/draw = (S_a tau - m + b (m mu - 2 S_b)) / 2 * (tau / tau_max - 1),   1 / tau_max = variance_floor,
  *   d/dweight_logits = pi sum(m) - m. */
 void gmm_gradients(const float *weight_logits, const float *mu, const float *tau, const float *b, const float *stats_a,
-                   const float *stats_b, const float *mass, int64_t K, int64_t D, float variance_floor,
+                   const float *stats_b, const float *mass, int64_t K, int64_t D, float variance_floor, int threads,
                    float *grad_w, float *grad_mu, float *grad_raw)
 {
     float log_norm = log_sum_exp(weight_logits, K), total = 0.0f;
     for (int64_t k = 0; k < K; k++)
         total += mass[k];
+    (void)threads;
+#pragma omp parallel for num_threads(threads) if (K * D >= PARALLEL_SIZE)
     for (int64_t k = 0; k < K; k++) {
         float mk = mass[k];
         grad_w[k] = expf(weight_logits[k] - log_norm) * total - mk;
@@ -261,16 +267,18 @@ int winner_sums(const float *x, int64_t P, int64_t D, const int64_t *best, int64
 
 /* The convolution's input [x^2, x] of a Folding + GMM pair: features (M, 2C) from x (M, C), M = N H W pixels;
  * row m is (x_m1^2 ... x_mC^2, x_m1 ... x_mC). */
-void square_features(const float *x, int64_t M, int64_t C, float *features)
+void square_features(const float *x, int64_t M, int64_t C, int threads, float *features)
 {
+    (void)threads;
     if (C == 1) { /* grey images: one loop over all pixels, which vectorises */
-#pragma omp simd
+#pragma omp parallel for simd num_threads(threads) if (M >= PARALLEL_SIZE)
         for (int64_t m = 0; m < M; m++) {
             features[2 * m] = x[m] * x[m];
             features[2 * m + 1] = x[m];
         }
         return;
     }
+#pragma omp parallel for num_threads(threads) if (M * C >= PARALLEL_SIZE)
     for (int64_t m = 0; m < M; m++) {
         const float *source = x + m * C;
         float *target = features + m * 2 * C;

@@ -11,7 +11,7 @@ PyTorch code in :mod:`dcgmm.layers.gmm` stays the reference (tests/test_native.p
 fallback.
 
 Where PyTorch runs on GNU OpenMP (libgomp, as its Linux wheels do), the library is built with ``-fopenmp`` and
-links to the libgomp already loaded: :func:`winners` and :func:`window_sums` then split their work over
+links to the libgomp already loaded: the loops then split their work (where it is large enough to pay) over
 ``torch.get_num_threads()`` threads of PyTorch's own thread pool, so a run never has two pools and
 ``--threads`` (or the thread governor of :mod:`dcgmm.threads`) limits them as it limits PyTorch. Elsewhere they
 run on one thread. (Python threads calling the loops were slower: PyTorch's idle OpenMP threads spin against
@@ -147,12 +147,12 @@ def library() -> ctypes.CDLL | None:
 def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     p, i, f, n = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-    lib.gaussian_terms.argtypes = [p, p, p, i, i, f, f, p, p, p]
-    lib.gmm_gradients.argtypes = [p, p, p, p, p, p, p, i, i, f, p, p, p]
+    lib.gaussian_terms.argtypes = [p, p, p, i, i, f, f, n, p, p, p]
+    lib.gmm_gradients.argtypes = [p, p, p, p, p, p, p, i, i, f, n, p, p, p]
     lib.winners.argtypes = [p, p, i, i, f, n, p, p, p, p]
     lib.window_sums.argtypes = [p, i, i, i, i, p, i, i, i, i, i, i, i, n, p, p]
     lib.winner_sums.argtypes = [p, i, i, p, i, p, p]
-    lib.square_features.argtypes = [p, i, i, p]
+    lib.square_features.argtypes = [p, i, i, n, p]
     for function in (lib.gaussian_terms, lib.gmm_gradients, lib.winners, lib.square_features):
         function.restype = None
     lib.window_sums.restype = lib.winner_sums.restype = ctypes.c_int
@@ -202,7 +202,7 @@ def gaussian_terms(weight_logits: torch.Tensor, centroids: torch.Tensor, precisi
     k, d = centroids.shape
     tau, b, c = torch.empty(k, d), torch.empty(k, d), torch.empty(k)
     library().gaussian_terms(_pointer(weight_logits), _pointer(centroids), _pointer(precision_raw), k, d,
-                             -math.log(variance_floor), tiny, _pointer(tau), _pointer(b), _pointer(c))
+                             -math.log(variance_floor), tiny, torch.get_num_threads(), _pointer(tau), _pointer(b), _pointer(c))
     return tau, b, c
 
 
@@ -212,7 +212,7 @@ def gradients(weight_logits, centroids, tau, b, stats_a, stats_b, mass, variance
     inputs = _inputs(weight_logits, centroids, tau, b, stats_a, stats_b, mass)
     k, d = centroids.shape
     grad_w, grad_mu, grad_raw = torch.empty(k), torch.empty(k, d), torch.empty(k, d)
-    library().gmm_gradients(*map(_pointer, inputs), k, d, variance_floor, _pointer(grad_w), _pointer(grad_mu), _pointer(grad_raw))
+    library().gmm_gradients(*map(_pointer, inputs), k, d, variance_floor, torch.get_num_threads(), _pointer(grad_w), _pointer(grad_mu), _pointer(grad_raw))
     return grad_w, grad_mu, grad_raw
 
 
@@ -220,7 +220,7 @@ def square_features(h: torch.Tensor) -> torch.Tensor:
     """``[h^2, h]`` along the channels: (N, H, W, C) -> (N, H, W, 2C), squares first."""
     (h,) = _inputs(h)
     features = torch.empty(*h.shape[:3], 2 * h.shape[3])
-    library().square_features(_pointer(h), h.numel() // h.shape[3], h.shape[3], _pointer(features))
+    library().square_features(_pointer(h), h.numel() // h.shape[3], h.shape[3], torch.get_num_threads(), _pointer(features))
     return features
 
 
