@@ -5,10 +5,9 @@ import math
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from dcgmm import native
-from dcgmm.layers import GMM, Folding, Pooling
+from dcgmm.layers import GMM, Folding
 from dcgmm.layers.gmm import TINY_COEFFICIENT, TINY_LOG_RATIO, _gaussian_terms, _gradients, responsibilities, smoothing_kernel
 
 from tolerance import EPS32, sum_rtol
@@ -153,25 +152,6 @@ def test_winners_refuse_what_they_cannot_take():
         native.winners(torch.zeros(4, 1025), torch.zeros(4, 1025), TINY_LOG_RATIO)
     with pytest.raises(ValueError, match="float32 tensors on the CPU; got torch.float64"):
         native.winners(torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, 3), TINY_LOG_RATIO)
-
-
-@pytest.mark.parametrize("shape,kernel,stride", [((3, 26, 26, 25), (2, 2), (2, 2)), ((2, 9, 8, 3), (3, 2), (2, 3)),
-                                                ((1, 5, 5, 1), (5, 5), (1, 1)), ((2, 7, 6, 4), (2, 3), (1, 1))])
-def test_max_pool_equals_max_pool2d(shape, kernel, stride):
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(10))
-    x[0, 0, 0, 0] = float("nan")
-    reference = F.max_pool2d(x.permute(0, 3, 1, 2), kernel, stride).permute(0, 2, 3, 1)
-    with threads(1):
-        alone = native.max_pool(x, kernel, stride)
-    pooled = native.max_pool(x, kernel, stride)
-    torch.testing.assert_close(pooled, alone, rtol=0, atol=0, equal_nan=True)
-    torch.testing.assert_close(pooled, reference, rtol=0, atol=0, equal_nan=True)  # maxima: exact
-    assert math.isnan(pooled[0, 0, 0, 0])
-    layer = Pooling(shape[1:], *kernel, *stride)
-    with native.disabled():
-        torch.testing.assert_close(layer(x), pooled, rtol=0, atol=0, equal_nan=True)
-    with pytest.raises(ValueError, match="does not fit"):
-        native.max_pool(x, (shape[1] + 1, 1), (1, 1))
 
 
 def test_window_sums_refuse_winners_that_do_not_fit():

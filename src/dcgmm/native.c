@@ -289,28 +289,3 @@ void square_features(const float *x, int64_t M, int64_t C, int threads, float *f
         }
     }
 }
-
-/* Max pooling of x (N, H, W, C) over ky x kx windows with strides (sy, sx) into out (N, Ho, Wo, C), NaN
- * propagated as by torch.maximum; one pass over the input, output rows split over `threads` threads. */
-void max_pool(const float *x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t ky, int64_t kx, int64_t sy,
-              int64_t sx, int64_t Ho, int64_t Wo, int threads, float *out)
-{
-    (void)threads;
-#pragma omp parallel for num_threads(threads) if (N * Ho * Wo * C >= PARALLEL_SIZE)
-    for (int64_t line = 0; line < N * Ho; line++) {
-        int64_t n = line / Ho, i = line % Ho;
-        for (int64_t j = 0; j < Wo; j++) {
-            float *target = out + (line * Wo + j) * C;
-            const float *first = x + ((n * H + i * sy) * W + j * sx) * C;
-            for (int64_t c = 0; c < C; c++)
-                target[c] = first[c];
-            for (int64_t dy = 0; dy < ky; dy++)
-                for (int64_t dx = dy == 0 ? 1 : 0; dx < kx; dx++) {
-                    const float *source = first + (dy * W + dx) * C;
-#pragma omp simd
-                    for (int64_t c = 0; c < C; c++)
-                        target[c] = source[c] > target[c] || source[c] != source[c] ? source[c] : target[c];
-                }
-        }
-    }
-}

@@ -1,14 +1,14 @@
 """Fused C loops for the training step of GMM layers, built on first use with the system C compiler.
 
 A training step of 2L-c is ~150 short operations, and most of its time goes to element-wise passes over
-memory, not to arithmetic (docs/benchmarks.md). ``native.c`` does seven of them in one pass each: the
+memory, not to arithmetic (docs/benchmarks.md). ``native.c`` does six of them in one pass each: the
 Gaussian terms of a layer's parameters (:func:`gaussian_terms`), the gradients (:func:`gradients`), the
 convolution's input ``[x^2, x]`` (:func:`square_features`), the winners of a log joint's rows with its
 responsibilities and the winners' counts (:func:`winners`, which replaces a max, six element-wise passes and a
-bincount), the Pooling layer's maxima (:func:`max_pool`), the per-component sums of the winners' windows
-(:func:`window_sums`, which replaces the one-hot map and the convolution's weight gradient) and of the winners'
-rows (:func:`winner_sums`, two index-adds). The PyTorch code in :mod:`dcgmm.layers` stays the reference
-(tests/test_native.py compares them) and the fallback.
+bincount), the per-component sums of the winners' windows (:func:`window_sums`, which replaces the one-hot map
+and the convolution's weight gradient) and of the winners' rows (:func:`winner_sums`, two index-adds). The
+PyTorch code in :mod:`dcgmm.layers.gmm` stays the reference (tests/test_native.py compares them) and the
+fallback.
 
 Where PyTorch runs on GNU OpenMP (libgomp, as its Linux wheels do), the library is built with ``-fopenmp`` and
 links to the libgomp already loaded: the loops then split their work (where it is large enough to pay) over
@@ -153,8 +153,7 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.window_sums.argtypes = [p, i, i, i, i, p, i, i, i, i, i, i, i, n, p, p]
     lib.winner_sums.argtypes = [p, i, i, p, i, p, p]
     lib.square_features.argtypes = [p, i, i, n, p]
-    lib.max_pool.argtypes = [p, i, i, i, i, i, i, i, i, i, i, n, p]
-    for function in (lib.gaussian_terms, lib.gmm_gradients, lib.winners, lib.square_features, lib.max_pool):
+    for function in (lib.gaussian_terms, lib.gmm_gradients, lib.winners, lib.square_features):
         function.restype = None
     lib.window_sums.restype = lib.winner_sums.restype = ctypes.c_int
     return lib
@@ -282,16 +281,3 @@ def window_sums(features: torch.Tensor, best: torch.Tensor, window: tuple[int, i
                                  threads, _pointer(sums), _pointer(scratch))
     _check_winners(code, n_components)
     return sums.float()
-
-
-def max_pool(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
-    """Max pooling of ``x`` (N, H, W, C) over ``kernel`` (ky, kx) windows with ``stride`` (sy, sx), no padding:
-    (N, H', W', C), the values of ``F.max_pool2d`` on the channels-first view (NaN propagated)."""
-    (x,) = _inputs(x)
-    (n, h, w, c), (ky, kx), (sy, sx) = x.shape, kernel, stride
-    if not (0 < ky <= h and 0 < kx <= w and sy > 0 and sx > 0):
-        raise ValueError(f"a {ky}x{kx} pooling window with strides {sy}, {sx} does not fit {tuple(x.shape)}")
-    rows, cols = (h - ky) // sy + 1, (w - kx) // sx + 1
-    out = torch.empty(n, rows, cols, c)
-    library().max_pool(_pointer(x), n, h, w, c, ky, kx, sy, sx, rows, cols, torch.get_num_threads(), _pointer(out))
-    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .. import native
 from ..errors import SpecError
 from .base import Shape, SpatialLayer, scatter_mean
 
@@ -46,8 +45,6 @@ class Pooling(SpatialLayer):
         if torch.is_grad_enabled() and x.requires_grad:  # max_pool2d's gradient: one winner per window at ties
             pooled = F.max_pool2d(x.permute(0, 3, 1, 2), self.kernel, self.stride)  # [N, C, H', W']
             return pooled.permute(0, 2, 3, 1)
-        if native.usable(x):  # one pass over x in C (tests/test_native.py)
-            return native.max_pool(x, self.kernel, self.stride)
         return separable_max(x, self.kernel, self.stride, self.out_shape[:2])
 
     def sample(self, control: torch.Tensor, top_s=None, noise: float = 0.0, generator=None) -> torch.Tensor:
