@@ -12,6 +12,8 @@ Prints, in one run:
 * the GMM layers' achieved GFLOP/s (their matrix products and scatter-adds, counted analytically, over the
   whole epoch time) next to this machine's measured float32 matmul GFLOP/s;
 * with --seeds, whether default training from 5 random initialisations stays finite.
+
+``--device cuda`` runs all of it on the GPU (the native C loops are for the CPU; on a GPU the PyTorch path runs).
 """
 
 import argparse
@@ -26,19 +28,26 @@ from dcgmm import DCGMM, TrainConfig, Trainer, load_dataset, native
 from naive import MatmulGMM, make_naive
 
 
-def naive_seconds_per_epoch(arch: str, images, epochs: int) -> float:
+def naive_seconds_per_epoch(arch: str, images, epochs: int, device: torch.device) -> float:
     model = make_naive(DCGMM.from_spec(arch), MatmulGMM)
-    history = Trainer(model, TrainConfig(epochs=epochs), images).fit(progress=False)
+    history = Trainer(model, TrainConfig(epochs=epochs), images, device=device).fit(progress=False)
     return sum(r.seconds for r in history) / len(history)
 
 
-def matmul_peak(n=2048, repeats=5):
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(device: torch.device, n=2048, repeats=5):
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    synchronize(device)
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def gmm_flops_per_image(model):
@@ -54,28 +63,33 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", default="2L-c", help="preset or spec (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=0, help="also train this many seeds for 25 epochs and check for NaN")
     parser.add_argument("--naive-epochs", type=int, default=1,
                         help="epochs of the naive reference, before and again after the dcgmm run (default: %(default)s)")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is visible to PyTorch here")
     images, _ = load_dataset("mnist", "train")
-    peak = matmul_peak()
-    naive_before = naive_seconds_per_epoch(args.arch, images, args.naive_epochs)
+    peak = matmul_peak(device)
+    naive_before = naive_seconds_per_epoch(args.arch, images, args.naive_epochs, device)
     model = DCGMM.from_spec(args.arch)
-    trainer = Trainer(model, TrainConfig(epochs=args.epochs), images)
+    trainer = Trainer(model, TrainConfig(epochs=args.epochs), images, device=device)
     history = trainer.fit(progress=False)
-    naive_after = naive_seconds_per_epoch(args.arch, images, args.naive_epochs)
+    naive_after = naive_seconds_per_epoch(args.arch, images, args.naive_epochs, device)
     naive = (naive_before + naive_after) / 2
     seconds = sum(r.seconds for r in history) / len(history)
     gflops = gmm_flops_per_image(model) * trainer.steps_per_epoch * 100 / seconds / 1e9
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; dcgmm.native: {native.status()}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads; dcgmm.native: {native.status()}"
+    print(f"torch {torch.__version__}, {where}")
     print(f"{args.arch}, MNIST 60000, batch 100: {seconds:.2f} s/epoch, mean of {args.epochs} (all: {', '.join(f'{r.seconds:.2f}' for r in history)})")
     print(f"naive reference (matrix products, autograd, no annealing kernel): {naive:.2f} s/epoch ({naive_before:.2f} before, "
           f"{naive_after:.2f} after the dcgmm run, {args.naive_epochs} epoch(s) each); dcgmm / naive = {seconds / naive:.2f}")
     print(f"GMM layers: {gflops:.1f} GFLOP/s achieved; float32 matmul peak measured {peak:.1f} GFLOP/s ({100 * gflops / peak:.0f}%)")
     for seed in range(args.seeds):
         model = DCGMM.from_spec(args.arch)
-        hist = Trainer(model, TrainConfig(seed=seed), images).fit(progress=False)
+        hist = Trainer(model, TrainConfig(seed=seed), images, device=device).fit(progress=False)
         finite = all(torch.isfinite(p).all() for p in model.parameters()) and all(
             v is not None and math.isfinite(v) for r in hist for v in r.objective.values())
         top = float(np.mean(model.log_likelihoods(images[:10000])[-1].per_image))
