@@ -215,6 +215,21 @@ def test_status_names_the_path(monkeypatch, tmp_path):
     assert list(tmp_path.rglob("*.so")) == []  # no half-written library left behind
 
 
+def test_the_loops_share_pytorchs_openmp_threads_where_it_runs_on_libgomp():
+    on_threads = "on PyTorch's OpenMP threads" in native.status()
+    assert on_threads == native._torch_uses_libgomp()
+    assert ("-fopenmp" in sum(native._variants(), [])) == on_threads
+
+
+def test_a_variant_that_does_not_build_gives_way_to_the_next(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_status", None)
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setenv("DCGMM_NATIVE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_variants", lambda: [["-fno-such-option"], []])
+    assert native.library() is not None and "on one thread, built now" in native.status()
+    assert len(list(tmp_path.glob("*.so"))) == 1
+
+
 def test_a_library_without_the_loops_falls_back(monkeypatch):
     """A cached file that loads but lacks the loops (another build, a damaged cache) leaves the PyTorch path."""
     import ctypes.util
