@@ -158,6 +158,7 @@ int window_sums(const float *features, int64_t N, int64_t H, int64_t W, int64_t 
 #define ROWS 16
 typedef float floats __attribute__((vector_size(ROWS * sizeof(float))));
 typedef int32_t ints __attribute__((vector_size(ROWS * sizeof(int32_t))));
+typedef uint32_t unsigned_ints __attribute__((vector_size(ROWS * sizeof(uint32_t))));
 
 static inline floats pick(ints mask, floats yes, floats no) { return (floats)(((ints)yes & mask) | ((ints)no & ~mask)); }
 
@@ -175,7 +176,7 @@ static inline floats exp_nonpositive(floats x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    return p * (floats)((n + 127) << 23);
+    return p * (floats)((unsigned_ints)(n + 127) << 23);
 }
 
 static void winners_of(const float *scores, const float *log_joint, int64_t P, int64_t K, float floor_ratio,
