@@ -148,3 +148,22 @@ def test_overlapping_folds_train_as_convolutions_with_the_same_step(digits):
     (a, b) = (dict(t.model.named_parameters()) for t in trainers)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_training_reproduces_bit_for_bit_at_a_thread_count(digits, threads):
+    """Same seed, same thread count: the same parameters, with the native loops split over the threads (winners,
+    window sums of the convolution path) as without them."""
+    images, _ = digits
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        runs = []
+        for _ in range(2):
+            model = DCGMM.from_spec("F(3,3,1,1) G(9) F(6,6,1,1) G(4)", input_shape=(8, 8, 1))
+            Trainer(model, TrainConfig(epochs=2, batch_size=50, seed=5), images).fit(progress=False)
+            runs.append(model.state_dict())
+    finally:
+        torch.set_num_threads(before)
+    for name, tensor in runs[0].items():
+        assert torch.equal(tensor, runs[1][name]), name
