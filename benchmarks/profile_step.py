@@ -40,6 +40,8 @@ def main():
     parser.add_argument("--rows", type=int, default=30)
     parser.add_argument("--shapes", action="store_true", help="one row per operator and input shape")
     args = parser.parse_args()
+    if args.warm < 0 or args.steps < 1 or args.rows < 1:
+        parser.error("--warm must be 0 or more, --steps and --rows 1 or more")
     wrap_native_loops()
     images, _ = load_dataset("mnist", "train")
     batches = torch.as_tensor(images[:5000]).float().split(100)

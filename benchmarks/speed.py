@@ -63,7 +63,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", default="2L-c", help="preset or spec (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=25)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=0, help="also train this many seeds for 25 epochs and check for NaN")
     parser.add_argument("--naive-epochs", type=int, default=1,
                         help="epochs of the naive reference, before and again after the dcgmm run (default: %(default)s)")
